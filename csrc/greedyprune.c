@@ -1,0 +1,539 @@
+/*
+ * greedyprune.c: the GreedyPrune selection rule (shared/SPEC.md §1), the one C implementation.
+ *
+ * How it is fast without changing the answer: lazy greedy. Every candidate keeps m_i, its
+ * minimum distance to the picks it has been compared with so far, and the gain computed from it.
+ * m only decreases as picks are added, so a stale gain is an upper bound on the true one. A
+ * max-heap ordered by (gain desc, index asc) holds the candidates; while its top is stale we
+ * refresh it (compare it with the picks it has not seen yet) and let it sink. When the top is
+ * fresh, its exact gain is at least every other candidate's upper bound, and any candidate with
+ * an equal bound has a higher index, so it is exactly the plain greedy's pick, tie rule included.
+ * Which candidates get refreshed, and in what order, never changes a computed number: refreshes
+ * are exact, and each distance is computed by the same function of the same two rows.
+ *
+ * Memory per image: O(N) bookkeeping plus the K picked unit rows (K x D): never N x N.
+ *
+ * Rows are read in place when their elements are contiguous (float32/float64); otherwise one row
+ * at a time is gathered (and float16/bfloat16 converted) into a per-thread scratch row, so every
+ * layout reaches the same arithmetic on the same values. Dot products use a fixed set of
+ * independent accumulators rather than a compiler-reassociated reduction, so their rounding does
+ * not depend on a row's alignment in memory: equal rows give bit-equal distances.
+ */
+#include "greedyprune.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Below this many multiply-adds a pass over one image stays on one thread. */
+#define GP_PARALLEL_MIN_WORK ((int64_t)1 << 18)
+/* More threads than this for one image would only add scratch rows and idle threads. */
+#define GP_MAX_THREADS 1024
+/* A step refreshes candidates one at a time; after this many it switches to parallel rounds of
+ * GP_REFRESH_BATCH_PER_THREAD candidates per thread (a round costs a few microseconds to start). */
+#define GP_SERIAL_REFRESHES 64
+#define GP_REFRESH_BATCH_PER_THREAD 16
+/* Independent accumulators in the dot products (a multiple of any SIMD width in use). */
+#define GP_LANES_F32 32
+#define GP_LANES_F64 16
+
+/* The hot loops get an AVX2 and an AVX-512 clone, chosen at load time (GCC on x86-64 Linux). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(GP_NO_TARGET_CLONES) && !defined(__SANITIZE_ADDRESS__)
+#define GP_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define GP_HOT
+#endif
+
+#ifdef _OPENMP
+#define GP_THREAD_ID() omp_get_thread_num()
+#else
+#define GP_THREAD_ID() 0
+#endif
+
+unsigned gp_version_number(void) { return GP_VERSION_NUMBER; }
+
+const char *gp_strerror(gp_status status)
+{
+    switch (status) {
+    case GP_OK: return "success";
+    case GP_EINVAL: return "invalid argument (NULL pointer, shape, dtype, k or lam out of range)";
+    case GP_ENONFINITE_FEATURES: return "features must be finite, but contains NaN or infinity";
+    case GP_ENONFINITE_SALIENCY: return "saliency must be finite, but contains NaN or infinity";
+    case GP_ENOMEM: return "out of memory";
+    }
+    return "unknown status";
+}
+
+int gp_has_openmp(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int gp_default_num_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+gp_view gp_contiguous(const void *data, gp_dtype dtype, int64_t batch, int64_t rows, int64_t cols)
+{
+    gp_view v;
+    v.data = data;
+    v.dtype = dtype;
+    v.batch = batch;
+    v.rows = rows;
+    v.cols = cols;
+    v.batch_stride = rows * cols;
+    v.row_stride = cols;
+    v.col_stride = 1;
+    return v;
+}
+
+/* ---------------------------------------------------------------- element access */
+
+static float half_to_float(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exponent = (h >> 10) & 0x1fu;
+    uint32_t mantissa = h & 0x3ffu;
+    uint32_t bits;
+    float f;
+    if (exponent == 0) { /* zero or subnormal: mantissa * 2^-24, exact in float */
+        f = (float)mantissa * 5.9604644775390625e-8f;
+        return sign ? -f : f;
+    }
+    if (exponent == 0x1f)
+        bits = sign | 0x7f800000u | (mantissa << 13); /* infinity or NaN */
+    else
+        bits = sign | ((exponent + 112u) << 23) | (mantissa << 13); /* rebias 15 -> 127 */
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static float bfloat16_to_float(uint16_t h)
+{
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static int valid_dtype(gp_dtype dtype)
+{
+    return dtype == GP_FLOAT32 || dtype == GP_FLOAT64 || dtype == GP_FLOAT16 ||
+           dtype == GP_BFLOAT16;
+}
+
+static double load_scalar(const gp_view *v, int64_t b, int64_t i)
+{
+    int64_t off = b * v->batch_stride + i * v->row_stride;
+    switch (v->dtype) {
+    case GP_FLOAT32: return ((const float *)v->data)[off];
+    case GP_FLOAT64: return ((const double *)v->data)[off];
+    case GP_FLOAT16: return half_to_float(((const uint16_t *)v->data)[off]);
+    case GP_BFLOAT16: return bfloat16_to_float(((const uint16_t *)v->data)[off]);
+    }
+    return NAN;
+}
+
+/* Row i of image b in the compute type (double for float64 input, float otherwise): a pointer
+ * into the input when its elements are contiguous and already of that type, else `scratch`
+ * (room for `cols` doubles) filled with the row's exact values. */
+static const void *load_row(const gp_view *v, int64_t b, int64_t i, void *scratch)
+{
+    int64_t off = b * v->batch_stride + i * v->row_stride, cs = v->col_stride, c;
+    switch (v->dtype) {
+    case GP_FLOAT32: {
+        const float *p = (const float *)v->data + off;
+        float *out = (float *)scratch;
+        if (cs == 1) return p;
+        for (c = 0; c < v->cols; c++) out[c] = p[c * cs];
+        return out;
+    }
+    case GP_FLOAT64: {
+        const double *p = (const double *)v->data + off;
+        double *out = (double *)scratch;
+        if (cs == 1) return p;
+        for (c = 0; c < v->cols; c++) out[c] = p[c * cs];
+        return out;
+    }
+    case GP_FLOAT16: {
+        const uint16_t *p = (const uint16_t *)v->data + off;
+        float *out = (float *)scratch;
+        for (c = 0; c < v->cols; c++) out[c] = half_to_float(p[c * cs]);
+        return out;
+    }
+    case GP_BFLOAT16: {
+        const uint16_t *p = (const uint16_t *)v->data + off;
+        float *out = (float *)scratch;
+        for (c = 0; c < v->cols; c++) out[c] = bfloat16_to_float(p[c * cs]);
+        return out;
+    }
+    }
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- kernels */
+
+GP_HOT static double dot_f32(const float *a, const float *b, int64_t n)
+{
+    float acc[GP_LANES_F32] = {0};
+    double sum = 0.0;
+    int64_t i = 0;
+    int l;
+    for (; i + GP_LANES_F32 <= n; i += GP_LANES_F32)
+        for (l = 0; l < GP_LANES_F32; l++) acc[l] += a[i + l] * b[i + l];
+    for (; i < n; i++) sum += (double)a[i] * b[i];
+    for (l = 0; l < GP_LANES_F32; l++) sum += acc[l];
+    return sum;
+}
+
+GP_HOT static double dot_f64(const double *a, const double *b, int64_t n)
+{
+    double acc[GP_LANES_F64] = {0};
+    double sum = 0.0;
+    int64_t i = 0;
+    int l;
+    for (; i + GP_LANES_F64 <= n; i += GP_LANES_F64)
+        for (l = 0; l < GP_LANES_F64; l++) acc[l] += a[i + l] * b[i + l];
+    for (; i < n; i++) sum += a[i] * b[i];
+    for (l = 0; l < GP_LANES_F64; l++) sum += acc[l];
+    return sum;
+}
+
+/* float accumulators: a float32 row whose squares overflow them returns infinity, and
+ * row_norm then recomputes it scaled, in double. */
+GP_HOT static double sumsq_f32(const float *a, int64_t n) { return dot_f32(a, a, n); }
+
+GP_HOT static double sumsq_f64(const double *a, int64_t n) { return dot_f64(a, a, n); }
+
+/* Euclidean norm of a row, in double; NaN when the row holds NaN or infinity. Rows whose
+ * squares overflow (float64 entries near 1e154) are rescaled by their largest entry. */
+static double row_norm(const void *row, int64_t n, int f64)
+{
+    double sum = f64 ? sumsq_f64((const double *)row, n) : sumsq_f32((const float *)row, n);
+    double scale = 0.0;
+    int64_t i;
+    if (isfinite(sum)) return sqrt(sum);
+    for (i = 0; i < n; i++) {
+        double x = f64 ? ((const double *)row)[i] : ((const float *)row)[i];
+        if (!isfinite(x)) return NAN;
+        if (fabs(x) > scale) scale = fabs(x);
+    }
+    sum = 0.0;
+    for (i = 0; i < n; i++) {
+        double x = (f64 ? ((const double *)row)[i] : ((const float *)row)[i]) / scale;
+        sum += x * x;
+    }
+    return sqrt(sum) * scale;
+}
+
+/* ---------------------------------------------------------------- one image */
+
+typedef struct image_work {
+    const gp_view *x;
+    int64_t b, n, d;
+    double lam;
+    int f64, threads;
+    double *shat, *m, *gain, *inv_norm; /* per candidate; gain is exact when seen == picks */
+    int64_t *seen, *heap, *batch;       /* seen: picks m accounts for; batch: refresh round */
+    int64_t heap_size, batch_cap;
+    void *picked;                       /* unit rows of the picks so far, compute type */
+    void *scratch;                      /* one row of d doubles per thread */
+} image_work;
+
+static int ranks_before(const image_work *w, int64_t a, int64_t b)
+{
+    return w->gain[a] > w->gain[b] || (w->gain[a] == w->gain[b] && a < b);
+}
+
+static void sift_down(image_work *w, int64_t pos)
+{
+    int64_t *h = w->heap, size = w->heap_size, item = h[pos];
+    for (;;) {
+        int64_t child = 2 * pos + 1;
+        if (child >= size) break;
+        if (child + 1 < size && ranks_before(w, h[child + 1], h[child])) child++;
+        if (!ranks_before(w, h[child], item)) break;
+        h[pos] = h[child];
+        pos = child;
+    }
+    h[pos] = item;
+}
+
+static void heap_push(image_work *w, int64_t item)
+{
+    int64_t *h = w->heap, pos = w->heap_size++;
+    while (pos > 0) {
+        int64_t parent = (pos - 1) / 2;
+        if (!ranks_before(w, item, h[parent])) break;
+        h[pos] = h[parent];
+        pos = parent;
+    }
+    h[pos] = item;
+}
+
+static int64_t heap_pop(image_work *w)
+{
+    int64_t top = w->heap[0];
+    w->heap[0] = w->heap[--w->heap_size];
+    if (w->heap_size > 0) sift_down(w, 0);
+    return top;
+}
+
+/* Images processed in parallel run with threads == 1 and own a single scratch row. */
+static void *thread_scratch(const image_work *w)
+{
+    return (double *)w->scratch + (w->threads > 1 ? (int64_t)GP_THREAD_ID() * w->d : 0);
+}
+
+/* Compare candidate i with the picks it has not seen yet; its gain becomes exact. */
+static void refresh(image_work *w, int64_t i, int64_t picks)
+{
+    const void *row = load_row(w->x, w->b, i, thread_scratch(w));
+    double m = w->m[i];
+    int64_t t;
+    for (t = w->seen[i]; t < picks; t++) {
+        double dot = w->f64 ? dot_f64((const double *)row, (const double *)w->picked + t * w->d, w->d)
+                            : dot_f32((const float *)row, (const float *)w->picked + t * w->d, w->d);
+        double dist = (1.0 - dot * w->inv_norm[i]) / 2.0;
+        if (dist < m) m = dist;
+    }
+    w->m[i] = m;
+    w->seen[i] = picks;
+    w->gain[i] = w->lam * w->shat[i] + (1.0 - w->lam) * m;
+}
+
+/* Refresh the stale top of the heap alone, or, once a step has needed many refreshes, together
+ * with the next candidates in parallel (speculative refreshes only tighten bounds, never change
+ * an answer). */
+static void refresh_top(image_work *w, int64_t picks, int64_t refreshes_this_step)
+{
+    int64_t count = 0, c;
+    if (w->threads <= 1 || refreshes_this_step < GP_SERIAL_REFRESHES) {
+        refresh(w, w->heap[0], picks);
+        sift_down(w, 0);
+        return;
+    }
+    while (count < w->batch_cap && w->heap_size > 0) w->batch[count++] = heap_pop(w);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(w->threads) schedule(dynamic, 1)
+#endif
+    for (c = 0; c < count; c++)
+        if (w->seen[w->batch[c]] < picks) refresh(w, w->batch[c], picks);
+    for (c = 0; c < count; c++) heap_push(w, w->batch[c]);
+}
+
+static void store_pick(image_work *w, int64_t j, int64_t t)
+{
+    const void *row = load_row(w->x, w->b, j, thread_scratch(w));
+    double inv = w->inv_norm[j];
+    int64_t c;
+    if (w->f64) {
+        double *out = (double *)w->picked + t * w->d;
+        for (c = 0; c < w->d; c++) out[c] = ((const double *)row)[c] * inv;
+    } else {
+        float *out = (float *)w->picked + t * w->d;
+        for (c = 0; c < w->d; c++) out[c] = (float)(((const float *)row)[c] * inv);
+    }
+}
+
+static gp_status normalize_saliency(image_work *w, const gp_view *s)
+{
+    double lo = INFINITY, hi = -INFINITY, span;
+    int64_t i;
+    if (s == NULL) {
+        for (i = 0; i < w->n; i++) w->shat[i] = 0.0;
+        return GP_OK;
+    }
+    for (i = 0; i < w->n; i++) {
+        double v = load_scalar(s, w->b, i);
+        if (!isfinite(v)) return GP_ENONFINITE_SALIENCY;
+        w->shat[i] = v;
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
+    }
+    span = hi - lo;
+    for (i = 0; i < w->n; i++) {
+        double v = w->shat[i];
+        if (lo == hi)
+            w->shat[i] = 0.0;
+        else if (isfinite(span))
+            w->shat[i] = (v - lo) / span;
+        else /* the range overflows double: halve before subtracting */
+            w->shat[i] = (v / 2 - lo / 2) / (hi / 2 - lo / 2);
+    }
+    return GP_OK;
+}
+
+/* One pass over every row: inverse norms, and the check that every feature is finite. */
+static gp_status compute_norms(image_work *w)
+{
+    int64_t i;
+    int bad = 0;
+#ifdef _OPENMP
+#pragma omp parallel for if (w->threads > 1) num_threads(w->threads) schedule(static) \
+    reduction(| : bad)
+#endif
+    for (i = 0; i < w->n; i++) {
+        double norm = row_norm(load_row(w->x, w->b, i, thread_scratch(w)), w->d, w->f64);
+        if (isnan(norm)) bad = 1;
+        w->inv_norm[i] = norm > 0.0 ? 1.0 / norm : 0.0; /* a zero row stays zero */
+    }
+    return bad ? GP_ENONFINITE_FEATURES : GP_OK;
+}
+
+static gp_status greedy_image(const gp_view *x, const gp_view *s, int64_t b, int64_t k,
+                              double lam, int threads, int64_t *order, double *gains)
+{
+    image_work w;
+    gp_status status = GP_OK;
+    int64_t n = x->rows, d = x->cols, i, step;
+    size_t elem = x->dtype == GP_FLOAT64 ? sizeof(double) : sizeof(float);
+    void *block = NULL;
+    char *p;
+    size_t per_candidate = 4 * sizeof(double) + 2 * sizeof(int64_t), bytes;
+
+    memset(&w, 0, sizeof w);
+    w.x = x;
+    w.b = b;
+    w.n = n;
+    w.d = d;
+    w.lam = lam;
+    w.f64 = x->dtype == GP_FLOAT64;
+    w.threads = (threads > 1 && n * d >= GP_PARALLEL_MIN_WORK) ? threads : 1;
+    w.batch_cap = w.threads > 1 ? (int64_t)w.threads * GP_REFRESH_BATCH_PER_THREAD : 0;
+
+    /* One allocation for everything. n * d elements exist in memory, so n, d and k * d are far
+     * from overflowing; the thread count is capped so that it cannot either. */
+    bytes = (size_t)n * per_candidate + (size_t)w.batch_cap * sizeof(int64_t) +
+            (size_t)k * (size_t)d * elem + (size_t)w.threads * (size_t)d * sizeof(double);
+    block = malloc(bytes);
+    if (block == NULL) return GP_ENOMEM;
+    p = (char *)block;
+    w.shat = (double *)p;     p += (size_t)n * sizeof(double);
+    w.m = (double *)p;        p += (size_t)n * sizeof(double);
+    w.gain = (double *)p;     p += (size_t)n * sizeof(double);
+    w.inv_norm = (double *)p; p += (size_t)n * sizeof(double);
+    w.scratch = p;            p += (size_t)w.threads * (size_t)d * sizeof(double);
+    w.seen = (int64_t *)p;    p += (size_t)n * sizeof(int64_t);
+    w.heap = (int64_t *)p;    p += (size_t)n * sizeof(int64_t);
+    w.batch = (int64_t *)p;   p += (size_t)w.batch_cap * sizeof(int64_t);
+    w.picked = p;
+
+    status = normalize_saliency(&w, s);
+    if (status != GP_OK) goto done;
+    status = compute_norms(&w);
+    if (status != GP_OK) goto done;
+
+    for (i = 0; i < n; i++) {
+        w.m[i] = 1.0; /* m(i | {}) = 1 */
+        w.seen[i] = 0;
+        w.gain[i] = lam * w.shat[i] + (1.0 - lam) * 1.0;
+        w.heap[i] = i;
+    }
+    w.heap_size = n;
+    for (i = n / 2 - 1; i >= 0; i--) sift_down(&w, i);
+
+    for (step = 0; step < k; step++) {
+        int64_t pick, refreshes = 0;
+        /* With lam == 1 the diversity term has weight 0: every gain is already exact. */
+        while (lam < 1.0 && w.seen[w.heap[0]] < step) refresh_top(&w, step, refreshes++);
+        pick = heap_pop(&w);
+        order[step] = pick;
+        if (gains != NULL) gains[step] = w.gain[pick];
+        if (lam < 1.0 && step + 1 < k) store_pick(&w, pick, step);
+    }
+
+done:
+    free(block);
+    return status;
+}
+
+/* ---------------------------------------------------------------- public entry points */
+
+static gp_status check_args(const gp_view *x, const gp_view *s, int64_t k, double lam,
+                            const int64_t *out)
+{
+    if (x == NULL || out == NULL || !valid_dtype(x->dtype)) return GP_EINVAL;
+    if (x->batch < 0 || x->rows < 1 || x->cols < 1) return GP_EINVAL;
+    if (x->batch > 0 && x->data == NULL) return GP_EINVAL;
+    if (k < 1 || k > x->rows) return GP_EINVAL;
+    if (!(lam >= 0.0 && lam <= 1.0)) return GP_EINVAL; /* also refuses NaN */
+    if (s != NULL) {
+        if (!valid_dtype(s->dtype) || s->batch != x->batch || s->rows != x->rows || s->cols != 1)
+            return GP_EINVAL;
+        if (s->batch > 0 && s->data == NULL) return GP_EINVAL;
+    }
+    return GP_OK;
+}
+
+gp_status gp_greedy(const gp_view *features, const gp_view *saliency, int64_t k, double lam,
+                    int num_threads, int64_t *order, double *gains)
+{
+    int64_t batch, b;
+    int threads;
+    gp_status status = check_args(features, saliency, k, lam, order);
+    if (status != GP_OK) return status;
+    batch = features->batch;
+    threads = num_threads > 0 ? num_threads : gp_default_num_threads();
+    if (threads > GP_MAX_THREADS) threads = GP_MAX_THREADS;
+    if (batch > 1 && threads > 1) {
+        /* Images in parallel, one thread each; the first failure in image order is reported. */
+        int64_t first_bad = batch;
+        gp_status bad_status = GP_OK;
+        int outer = (int64_t)threads < batch ? threads : (int)batch;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(outer) schedule(dynamic, 1)
+#endif
+        for (b = 0; b < batch; b++) {
+            gp_status st = greedy_image(features, saliency, b, k, lam, 1, order + b * k,
+                                        gains ? gains + b * k : NULL);
+            if (st != GP_OK) {
+#ifdef _OPENMP
+#pragma omp critical(gp_first_failure)
+#endif
+                if (b < first_bad) {
+                    first_bad = b;
+                    bad_status = st;
+                }
+            }
+        }
+        (void)outer;
+        return bad_status;
+    }
+    for (b = 0; b < batch; b++) {
+        status = greedy_image(features, saliency, b, k, lam, threads, order + b * k,
+                              gains ? gains + b * k : NULL);
+        if (status != GP_OK) return status;
+    }
+    return GP_OK;
+}
+
+static int compare_int64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+gp_status gp_select(const gp_view *features, const gp_view *saliency, int64_t k, double lam,
+                    int num_threads, int64_t *indices)
+{
+    int64_t b;
+    gp_status status = gp_greedy(features, saliency, k, lam, num_threads, indices, NULL);
+    if (status != GP_OK) return status;
+    for (b = 0; b < features->batch; b++)
+        qsort(indices + b * k, (size_t)k, sizeof(int64_t), compare_int64);
+    return GP_OK;
+}

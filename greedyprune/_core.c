@@ -1,0 +1,148 @@
+/*
+ * _core.c: the CPython + NumPy C-API binding of csrc/greedyprune.c.
+ *
+ * Private: greedyprune/_api.py validates every argument (SPEC.md §4) and hands over aligned,
+ * native-byte-order NumPy arrays of a supported dtype, so this file only maps arrays to gp_view
+ * descriptions, releases the GIL around the C core, and turns a gp_status into an exception.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <numpy/arrayobject.h>
+
+#include "greedyprune.h"
+
+/* Describe `array` (ndim 2 or 3 for features, 1 or 2 for saliency) as a gp_view. A uint16 array
+ * is read as bfloat16 (PyTorch's bfloat16 tensors arrive viewed as uint16). */
+static int view_of(PyArrayObject *array, int is_saliency, gp_view *view, const char *name)
+{
+    int ndim = PyArray_NDIM(array), i, nd_min = is_saliency ? 1 : 2;
+    npy_intp itemsize = PyArray_ITEMSIZE(array);
+    int64_t shape[3] = {1, 1, 1}, strides[3] = {0, 0, 0};
+    switch (PyArray_TYPE(array)) {
+    case NPY_FLOAT32: view->dtype = GP_FLOAT32; break;
+    case NPY_FLOAT64: view->dtype = GP_FLOAT64; break;
+    case NPY_FLOAT16: view->dtype = GP_FLOAT16; break;
+    case NPY_UINT16: view->dtype = GP_BFLOAT16; break;
+    default:
+        PyErr_Format(PyExc_TypeError, "%s: unsupported dtype for the C core", name);
+        return -1;
+    }
+    if (ndim < nd_min || ndim > nd_min + 1 || !PyArray_ISALIGNED(array) ||
+        !PyArray_ISNOTSWAPPED(array)) {
+        PyErr_Format(PyExc_ValueError, "%s: expected an aligned, native-order array", name);
+        return -1;
+    }
+    /* Right-align the array's axes into (batch, rows, cols); saliency has cols == 1. */
+    for (i = 0; i < ndim; i++) {
+        int axis = 3 - ndim - is_saliency + i;
+        shape[axis] = PyArray_DIM(array, i);
+        strides[axis] = PyArray_STRIDE(array, i) / itemsize; /* aligned: an exact division */
+    }
+    view->data = PyArray_DATA(array);
+    view->batch = shape[0];
+    view->rows = shape[1];
+    view->cols = shape[2];
+    view->batch_stride = strides[0];
+    view->row_stride = strides[1];
+    view->col_stride = strides[2];
+    return 0;
+}
+
+static PyObject *raise_status(gp_status status)
+{
+    PyObject *type = status == GP_ENOMEM ? PyExc_MemoryError : PyExc_ValueError;
+    PyErr_SetString(type, gp_strerror(status));
+    return NULL;
+}
+
+PyDoc_STRVAR(greedy_doc,
+             "greedy(features, saliency, k, lam, num_threads, sort) -> (indices, gains or None)\n\n"
+             "Private: call greedyprune.select / greedyprune.greedy, which validate arguments.");
+
+static PyObject *core_greedy(PyObject *self, PyObject *args)
+{
+    PyArrayObject *features = NULL, *saliency = NULL, *indices = NULL, *gains = NULL;
+    PyObject *saliency_obj;
+    Py_ssize_t k;
+    double lam;
+    int num_threads, sort;
+    gp_view x, s;
+    gp_status status;
+    npy_intp out_shape[2];
+    int out_ndim;
+    (void)self;
+
+    if (!PyArg_ParseTuple(args, "O!Ondip", &PyArray_Type, &features, &saliency_obj, &k, &lam,
+                          &num_threads, &sort))
+        return NULL;
+    if (view_of(features, 0, &x, "features") < 0) return NULL;
+    if (saliency_obj != Py_None) {
+        if (!PyArray_Check(saliency_obj)) {
+            PyErr_SetString(PyExc_TypeError, "saliency: expected a NumPy array or None");
+            return NULL;
+        }
+        saliency = (PyArrayObject *)saliency_obj;
+        if (view_of(saliency, 1, &s, "saliency") < 0) return NULL;
+    }
+
+    out_ndim = PyArray_NDIM(features) - 1;
+    out_shape[0] = out_ndim == 2 ? (npy_intp)x.batch : (npy_intp)k;
+    out_shape[1] = (npy_intp)k;
+    indices = (PyArrayObject *)PyArray_SimpleNew(out_ndim, out_shape, NPY_INT64);
+    if (indices == NULL) goto error;
+    if (!sort) {
+        gains = (PyArrayObject *)PyArray_SimpleNew(out_ndim, out_shape, NPY_FLOAT64);
+        if (gains == NULL) goto error;
+    }
+
+    Py_BEGIN_ALLOW_THREADS
+    if (sort)
+        status = gp_select(&x, saliency ? &s : NULL, (int64_t)k, lam, num_threads,
+                           (int64_t *)PyArray_DATA(indices));
+    else
+        status = gp_greedy(&x, saliency ? &s : NULL, (int64_t)k, lam, num_threads,
+                           (int64_t *)PyArray_DATA(indices), (double *)PyArray_DATA(gains));
+    Py_END_ALLOW_THREADS
+
+    if (status != GP_OK) {
+        raise_status(status);
+        goto error;
+    }
+    if (gains == NULL) return Py_BuildValue("NO", (PyObject *)indices, Py_None);
+    return Py_BuildValue("NN", (PyObject *)indices, (PyObject *)gains);
+
+error:
+    Py_XDECREF(indices);
+    Py_XDECREF(gains);
+    return NULL;
+}
+
+static PyObject *core_default_num_threads(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return PyLong_FromLong(gp_default_num_threads());
+}
+
+static PyMethodDef core_methods[] = {
+    {"greedy", core_greedy, METH_VARARGS, greedy_doc},
+    {"default_num_threads", core_default_num_threads, METH_NOARGS,
+     "Threads the C core uses for num_threads <= 0 (OpenMP's default, 1 without OpenMP)."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef core_module = {PyModuleDef_HEAD_INIT, "greedyprune._core",
+                                         "C core of greedyprune (private).", -1, core_methods};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    PyObject *module;
+    import_array();
+    module = PyModule_Create(&core_module);
+    if (module == NULL) return NULL;
+    if (PyModule_AddIntConstant(module, "HAS_OPENMP", gp_has_openmp()) < 0 ||
+        PyModule_AddIntConstant(module, "VERSION_NUMBER", (long)gp_version_number()) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

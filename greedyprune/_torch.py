@@ -1,0 +1,69 @@
+"""The rule of SPEC.md §1 in PyTorch, for tensors on an accelerator (the C core runs on the CPU).
+
+Plain greedy, vectorized over the batch: each step makes one pass over the features to get every
+token's distance to the new pick. The pass goes in row chunks, so half-precision input is widened
+to float32 a chunk at a time and extra memory stays O(B·N + B·K + chunk·D): never N × N, and no
+normalized copy of the features. Arithmetic follows the C core: float64 for float64 input, float32
+products otherwise, gains in float64.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._validate import nonfinite_error
+
+#: Elements widened at once when streaming over the features.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def _chunks(n: int, b: int, d: int):
+    step = max(1, CHUNK_ELEMENTS // max(1, b * d))
+    return [(start, min(n, start + step)) for start in range(0, n, step)]
+
+
+def _normalized_saliency(s: torch.Tensor) -> torch.Tensor:
+    s = s.double()
+    lo = s.min(dim=1, keepdim=True).values
+    hi = s.max(dim=1, keepdim=True).values
+    span = hi - lo
+    shat = torch.where(torch.isfinite(span), (s - lo) / span, (s / 2 - lo / 2) / (hi / 2 - lo / 2))
+    return torch.where(span == 0, torch.zeros_like(shat), shat)
+
+
+def greedy(features: torch.Tensor, k: int, saliency: torch.Tensor | None, lam: float):
+    """``(order, gains)`` for validated (N, D) / (B, N, D) features on any device."""
+    x = features if features.dim() == 3 else features.unsqueeze(0)
+    b, n, d = x.shape
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    chunks = _chunks(n, b, d)
+
+    norms = torch.cat([torch.linalg.vector_norm(x[:, lo:hi].double(), dim=2) for lo, hi in chunks], 1)
+    if not bool(torch.isfinite(norms).all()):
+        raise nonfinite_error("features")
+    inv_norm = torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))
+    if saliency is None:
+        shat = torch.zeros(b, n, dtype=torch.float64, device=x.device)
+    else:
+        shat = _normalized_saliency(saliency.reshape(b, n))
+
+    rows = torch.arange(b, device=x.device)
+    m = torch.ones(b, n, dtype=torch.float64, device=x.device)  # m(i | ∅) = 1
+    taken = torch.zeros(b, n, dtype=torch.bool, device=x.device)
+    order = torch.empty(b, k, dtype=torch.int64, device=x.device)
+    gains = torch.empty(b, k, dtype=torch.float64, device=x.device)
+    for step in range(k):
+        gain = (lam * shat + (1.0 - lam) * m).masked_fill(taken, float("-inf"))
+        pick = gain.argmax(dim=1)  # the first maximum: the lowest index wins a tie
+        order[:, step] = pick
+        gains[:, step] = gain[rows, pick]
+        taken[rows, pick] = True
+        if step + 1 == k or lam == 1.0:
+            continue
+        unit = (x[rows, pick].double() * inv_norm[rows, pick, None]).to(compute)  # (B, D)
+        dots = torch.cat(
+            [torch.bmm(x[:, lo:hi].to(compute), unit[:, :, None])[:, :, 0] for lo, hi in chunks], 1
+        )
+        m = torch.minimum(m, (1.0 - dots.double() * inv_norm) / 2.0)
+    if features.dim() == 2:
+        return order[0], gains[0]
+    return order, gains

@@ -1,0 +1,121 @@
+"""Argument checks shared by the C-core dispatcher and the NumPy reference.
+
+SPEC.md §4: every misuse raises ``ValueError`` or ``TypeError`` with a message that names the
+argument and says what was expected. Both implementations call these functions, so they raise
+the same exception with the same message for the same bad input.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+
+import numpy as np
+
+#: Floating dtypes the rule accepts, by name (NumPy's names; ``bfloat16`` comes from PyTorch).
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def as_array(obj, argument: str) -> np.ndarray:
+    """``np.asarray(obj)``, with ragged or otherwise unconvertible input reported by name."""
+    try:
+        return np.asarray(obj)
+    except (ValueError, TypeError) as error:
+        raise TypeError(f"{argument} must be an array-like of real numbers ({error})") from None
+
+
+def dtype_name(dtype) -> str:
+    """``'float32'`` for ``np.float32``, ``np.dtype('f4')`` and ``torch.float32`` alike."""
+    name = getattr(dtype, "name", None) or str(dtype)
+    return name.replace("torch.", "")
+
+
+def check_features(shape, dtype) -> None:
+    """Features are (N, D) or (B, N, D) with N, D >= 1, of a floating dtype."""
+    name = dtype_name(dtype)
+    if name not in FLOAT_DTYPES:
+        raise TypeError(
+            f"features must have a floating dtype ({', '.join(FLOAT_DTYPES)}), got {name}"
+        )
+    shape = tuple(shape)
+    if len(shape) not in (2, 3):
+        raise ValueError(
+            f"features must have 2 dimensions (N, D) or 3 (B, N, D), got {len(shape)} "
+            f"(shape {shape})"
+        )
+    if shape[-2] < 1 or shape[-1] < 1:
+        raise ValueError(
+            f"features must have at least one token and one feature dimension, got shape {shape}"
+        )
+
+
+def check_saliency(shape, dtype, features_shape) -> None:
+    """Saliency has one value per token: (N,) for (N, D) features, (B, N) for (B, N, D)."""
+    name = dtype_name(dtype)
+    if name not in FLOAT_DTYPES:
+        raise TypeError(
+            f"saliency must have a floating dtype ({', '.join(FLOAT_DTYPES)}), got {name}"
+        )
+    expected = tuple(features_shape[:-1])
+    if tuple(shape) != expected:
+        raise ValueError(
+            f"saliency must have shape {expected} (one value per token of features with shape "
+            f"{tuple(features_shape)}), got {tuple(shape)}"
+        )
+
+
+def check_k(k, n: int) -> int:
+    """K is an integer in [1, N]; bools and floats are refused rather than coerced."""
+    try:
+        if isinstance(k, bool):
+            raise TypeError
+        k = operator.index(k)  # int, NumPy integer scalars, 0-d integer arrays
+    except TypeError:
+        raise TypeError(f"k must be an integer, got {type(k).__name__}") from None
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, N] = [1, {n}], got {k}")
+    return k
+
+
+def check_lam(lam) -> float:
+    """λ is a real number in [0, 1] (NaN refused)."""
+    if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
+        raise TypeError(f"lam must be a real number in [0, 1], got {type(lam).__name__}")
+    lam = float(lam)
+    if math.isnan(lam) or not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1], got {lam}")
+    return lam
+
+
+def check_num_threads(num_threads, *, allow_none: bool = True):
+    """A positive thread count, or None for the package-wide setting."""
+    if num_threads is None and allow_none:
+        return None
+    if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral):
+        raise TypeError(
+            f"num_threads must be a positive integer{' or None' if allow_none else ''}, "
+            f"got {type(num_threads).__name__}"
+        )
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    return int(num_threads)
+
+
+def nonfinite_error(argument: str) -> ValueError:
+    return ValueError(f"{argument} must be finite, but contains NaN or infinity")
+
+
+def check_call(features_shape, features_dtype, k, lam, num_threads, saliency_shape=None,
+               saliency_dtype=None):
+    """Every check that needs no pass over the data, in the one order both implementations use.
+
+    Returns ``(k, lam, num_threads)`` as int, float and int-or-None. Finiteness is checked after
+    this, saliency first, then features.
+    """
+    check_features(features_shape, features_dtype)
+    num_threads = check_num_threads(num_threads)
+    lam = check_lam(lam)
+    k = check_k(k, features_shape[-2])
+    if saliency_shape is not None:
+        check_saliency(saliency_shape, saliency_dtype, features_shape)
+    return k, lam, num_threads
