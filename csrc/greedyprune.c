@@ -2,14 +2,18 @@
  * greedyprune.c: the GreedyPrune selection rule (shared/SPEC.md §1), the one C implementation.
  *
  * How it is fast without changing the answer: lazy greedy. Every candidate keeps m_i, its
- * minimum distance to the picks it has been compared with so far, and the gain computed from it.
- * m only decreases as picks are added, so a stale gain is an upper bound on the true one. A
- * max-heap ordered by (gain desc, index asc) holds the candidates; while its top is stale we
- * refresh it (compare it with the picks it has not seen yet) and let it sink. When the top is
- * fresh, its exact gain is at least every other candidate's upper bound, and any candidate with
- * an equal bound has a higher index, so it is exactly the plain greedy's pick, tie rule included.
- * Which candidates get refreshed, and in what order, never changes a computed number: refreshes
- * are exact, and each distance is computed by the same function of the same two rows.
+ * minimum distance to the picks it has been compared with so far (a prefix of the picks), and
+ * the gain computed from it. m only decreases as picks are added, so a stale gain is an upper
+ * bound on the true one. A max-heap ordered by (gain desc, index asc) holds the candidates.
+ * While its top is stale we refresh it against the picks it has not seen, stopping early once it
+ * ranks below its best rival, and let it sink. When the top is fresh, its exact gain is at least
+ * every other candidate's upper bound, and any candidate with an equal bound has a higher index,
+ * so it is exactly the plain greedy's pick, tie rule included. Which candidates get refreshed,
+ * and how far, never changes a computed number: each distance is computed by the same function
+ * of the same two rows, and a minimum does not depend on the order it is taken in.
+ *
+ * The first pick needs no features (every m is 1), so the one pass over the features that finds
+ * the norms and checks finiteness also computes every candidate's distance to the first pick.
  *
  * Memory per image: O(N) bookkeeping plus the K picked unit rows (K x D): never N x N.
  *
@@ -298,31 +302,45 @@ static void *thread_scratch(const image_work *w)
     return (double *)w->scratch + (w->threads > 1 ? (int64_t)GP_THREAD_ID() * w->d : 0);
 }
 
-/* Compare candidate i with the picks it has not seen yet; its gain becomes exact. */
-static void refresh(image_work *w, int64_t i, int64_t picks)
+static double distance_to_pick(const image_work *w, const void *row, int64_t i, int64_t t)
 {
-    const void *row = load_row(w->x, w->b, i, thread_scratch(w));
-    double m = w->m[i];
-    int64_t t;
-    for (t = w->seen[i]; t < picks; t++) {
-        double dot = w->f64 ? dot_f64((const double *)row, (const double *)w->picked + t * w->d, w->d)
-                            : dot_f32((const float *)row, (const float *)w->picked + t * w->d, w->d);
-        double dist = (1.0 - dot * w->inv_norm[i]) / 2.0;
-        if (dist < m) m = dist;
-    }
-    w->m[i] = m;
-    w->seen[i] = picks;
-    w->gain[i] = w->lam * w->shat[i] + (1.0 - w->lam) * m;
+    double dot = w->f64 ? dot_f64((const double *)row, (const double *)w->picked + t * w->d, w->d)
+                        : dot_f32((const float *)row, (const float *)w->picked + t * w->d, w->d);
+    return (1.0 - dot * w->inv_norm[i]) / 2.0;
 }
 
-/* Refresh the stale top of the heap alone, or, once a step has needed many refreshes, together
- * with the next candidates in parallel (speculative refreshes only tighten bounds, never change
- * an answer). */
+static void lower_m(image_work *w, int64_t i, double dist)
+{
+    if (dist < w->m[i]) {
+        w->m[i] = dist;
+        w->gain[i] = w->lam * w->shat[i] + (1.0 - w->lam) * dist;
+    }
+}
+
+/* Compare candidate i with the picks it has not seen yet, oldest first, making its gain exact.
+ * With rival >= 0, stop as soon as i ranks below rival: i's gain is then still an upper bound
+ * (m is a minimum over a prefix of the picks), and i sinks without paying for the rest. */
+static void refresh(image_work *w, int64_t i, int64_t picks, int64_t rival)
+{
+    const void *row = load_row(w->x, w->b, i, thread_scratch(w));
+    int64_t t = w->seen[i];
+    while (t < picks) {
+        lower_m(w, i, distance_to_pick(w, row, i, t++));
+        if (rival >= 0 && ranks_before(w, rival, i)) break;
+    }
+    w->seen[i] = t;
+}
+
+/* Refresh the stale top of the heap alone (against its best rival, a child of the root), or,
+ * once a step has needed many refreshes, together with the next candidates in parallel
+ * (speculative refreshes only tighten bounds, never change an answer). */
 static void refresh_top(image_work *w, int64_t picks, int64_t refreshes_this_step)
 {
     int64_t count = 0, c;
     if (w->threads <= 1 || refreshes_this_step < GP_SERIAL_REFRESHES) {
-        refresh(w, w->heap[0], picks);
+        int64_t rival = w->heap_size > 1 ? w->heap[1] : -1;
+        if (w->heap_size > 2 && ranks_before(w, w->heap[2], w->heap[1])) rival = w->heap[2];
+        refresh(w, w->heap[0], picks, rival);
         sift_down(w, 0);
         return;
     }
@@ -331,7 +349,7 @@ static void refresh_top(image_work *w, int64_t picks, int64_t refreshes_this_ste
 #pragma omp parallel for num_threads(w->threads) schedule(dynamic, 1)
 #endif
     for (c = 0; c < count; c++)
-        if (w->seen[w->batch[c]] < picks) refresh(w, w->batch[c], picks);
+        if (w->seen[w->batch[c]] < picks) refresh(w, w->batch[c], picks, -1);
     for (c = 0; c < count; c++) heap_push(w, w->batch[c]);
 }
 
@@ -377,8 +395,9 @@ static gp_status normalize_saliency(image_work *w, const gp_view *s)
     return GP_OK;
 }
 
-/* One pass over every row: inverse norms, and the check that every feature is finite. */
-static gp_status compute_norms(image_work *w)
+/* One pass over every row: its inverse norm, the check that every feature is finite and, when
+ * `with_first_pick`, its distance to pick 0, so that every candidate starts step 1 fresh. */
+static gp_status first_pass(image_work *w, int with_first_pick)
 {
     int64_t i;
     int bad = 0;
@@ -387,9 +406,17 @@ static gp_status compute_norms(image_work *w)
     reduction(| : bad)
 #endif
     for (i = 0; i < w->n; i++) {
-        double norm = row_norm(load_row(w->x, w->b, i, thread_scratch(w)), w->d, w->f64);
-        if (isnan(norm)) bad = 1;
+        const void *row = load_row(w->x, w->b, i, thread_scratch(w));
+        double norm = row_norm(row, w->d, w->f64);
+        if (isnan(norm)) {
+            bad = 1;
+            continue;
+        }
         w->inv_norm[i] = norm > 0.0 ? 1.0 / norm : 0.0; /* a zero row stays zero */
+        if (with_first_pick) {
+            lower_m(w, i, distance_to_pick(w, row, i, 0));
+            w->seen[i] = 1;
+        }
     }
     return bad ? GP_ENONFINITE_FEATURES : GP_OK;
 }
@@ -399,7 +426,8 @@ static gp_status greedy_image(const gp_view *x, const gp_view *s, int64_t b, int
 {
     image_work w;
     gp_status status = GP_OK;
-    int64_t n = x->rows, d = x->cols, i, step;
+    int64_t n = x->rows, d = x->cols, i, step, first;
+    int diverse;
     size_t elem = x->dtype == GP_FLOAT64 ? sizeof(double) : sizeof(float);
     void *block = NULL;
     char *p;
@@ -434,9 +462,6 @@ static gp_status greedy_image(const gp_view *x, const gp_view *s, int64_t b, int
 
     status = normalize_saliency(&w, s);
     if (status != GP_OK) goto done;
-    status = compute_norms(&w);
-    if (status != GP_OK) goto done;
-
     for (i = 0; i < n; i++) {
         w.m[i] = 1.0; /* m(i | {}) = 1 */
         w.seen[i] = 0;
@@ -446,7 +471,27 @@ static gp_status greedy_image(const gp_view *x, const gp_view *s, int64_t b, int
     w.heap_size = n;
     for (i = n / 2 - 1; i >= 0; i--) sift_down(&w, i);
 
-    for (step = 0; step < k; step++) {
+    /* The first pick needs no features (every m is 1). Its distance to every candidate is then
+     * computed in the same pass over the features that finds the norms. */
+    first = heap_pop(&w);
+    order[0] = first;
+    if (gains != NULL) gains[0] = w.gain[first];
+    diverse = lam < 1.0 && k > 1;
+    if (diverse) {
+        double norm = row_norm(load_row(x, b, first, thread_scratch(&w)), d, w.f64);
+        if (isnan(norm)) {
+            status = GP_ENONFINITE_FEATURES;
+            goto done;
+        }
+        w.inv_norm[first] = norm > 0.0 ? 1.0 / norm : 0.0;
+        store_pick(&w, first, 0);
+    }
+    status = first_pass(&w, diverse);
+    if (status != GP_OK) goto done;
+    if (diverse)
+        for (i = w.heap_size / 2 - 1; i >= 0; i--) sift_down(&w, i);
+
+    for (step = 1; step < k; step++) {
         int64_t pick, refreshes = 0;
         /* With lam == 1 the diversity term has weight 0: every gain is already exact. */
         while (lam < 1.0 && w.seen[w.heap[0]] < step) refresh_top(&w, step, refreshes++);
