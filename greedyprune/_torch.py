@@ -21,6 +21,15 @@ def _chunks(n: int, b: int, d: int):
     return [(start, min(n, start + step)) for start in range(0, n, step)]
 
 
+def _row_norms(x: torch.Tensor) -> torch.Tensor:
+    """Norms of (B, n, D) rows in float64, scaled by each row's largest entry so that squares
+    cannot overflow; NaN for rows holding NaN or infinity."""
+    x = x.double()
+    scale = x.abs().amax(dim=2, keepdim=True)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return torch.linalg.vector_norm(x / scale, dim=2) * scale[..., 0]
+
+
 def _normalized_saliency(s: torch.Tensor) -> torch.Tensor:
     s = s.double()
     lo = s.min(dim=1, keepdim=True).values
@@ -37,7 +46,7 @@ def greedy(features: torch.Tensor, k: int, saliency: torch.Tensor | None, lam: f
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     chunks = _chunks(n, b, d)
 
-    norms = torch.cat([torch.linalg.vector_norm(x[:, lo:hi].double(), dim=2) for lo, hi in chunks], 1)
+    norms = torch.cat([_row_norms(x[:, lo:hi]) for lo, hi in chunks], 1)
     if not bool(torch.isfinite(norms).all()):
         raise nonfinite_error("features")
     inv_norm = torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))

@@ -1,0 +1,34 @@
+# The two set-up-and-run commands of README.md: `make demo` and `make test`. Each creates the
+# virtual environment .venv on first use and builds the C extension in place.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SOURCES := $(wildcard csrc/*.c csrc/*.h greedyprune/*.c) setup.py pyproject.toml
+
+.PHONY: demo test ctest bench readme clean
+
+$(VENV)/.requirements: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+$(VENV)/.built: $(VENV)/.requirements $(SOURCES)
+	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+	touch $@
+
+demo: $(VENV)/.built
+	$(PY) -m greedyprune demo
+
+test: $(VENV)/.built ctest
+	$(PY) -m pytest -q
+
+ctest:
+	bash tests/c/run.sh
+
+bench: $(VENV)/.built
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench_select.py
+	$(PY) benchmarks/bench_hf.py
+	$(PY) benchmarks/update_readme.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info greedyprune/*.so tests/c/bin
