@@ -152,3 +152,24 @@ def test_package_environment_variable_wins_over_omp_num_threads():
         assert _run_python(code, {"OMP_NUM_THREADS": "5", "GREEDYPRUNE_NUM_THREADS": ""}).stdout.strip() == "5"
     bad = _run_python(code, {"GREEDYPRUNE_NUM_THREADS": "lots", "OMP_NUM_THREADS": "2"})
     assert "GREEDYPRUNE_NUM_THREADS" in bad.stderr and bad.stdout.strip() == ("2" if greedyprune.has_openmp else "1")
+
+
+def test_gil_is_released_while_the_c_core_runs():
+    import threading
+    import time
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(6000, 256)).astype(np.float32)
+    t0 = time.perf_counter()
+    greedyprune.select(x, 600, None, 0.0, num_threads=1)
+    duration = time.perf_counter() - t0
+    worker = threading.Thread(target=greedyprune.select, args=(x, 600, None, 0.0),
+                              kwargs={"num_threads": 1})
+    stamps = []
+    worker.start()
+    while worker.is_alive():
+        stamps.append(time.perf_counter())
+    worker.join()
+    gaps = np.diff(stamps) if len(stamps) > 1 else np.array([duration])
+    # Holding the GIL would freeze this loop for the whole call.
+    assert gaps.max() < 0.5 * duration, (gaps.max(), duration)
