@@ -40,6 +40,12 @@
  * GP_REFRESH_BATCH_PER_THREAD candidates per thread (a round costs a few microseconds to start). */
 #define GP_SERIAL_REFRESHES 64
 #define GP_REFRESH_BATCH_PER_THREAD 16
+/* Rows whose norm lies in this range take part in dot products as they are (their entries times
+ * a unit row's cannot overflow or lose precision to underflow), the rest as unit copies. */
+#define GP_NORM_MIN_F32 1e-30
+#define GP_NORM_MAX_F32 1e30
+#define GP_NORM_MIN_F64 1e-140
+#define GP_NORM_MAX_F64 1e140
 /* Independent accumulators in the dot products (a multiple of any SIMD width in use). */
 #define GP_LANES_F32 32
 #define GP_LANES_F64 16
@@ -216,31 +222,50 @@ GP_HOT static double dot_f64(const double *a, const double *b, int64_t n)
     return sum;
 }
 
-/* float accumulators: a float32 row whose squares overflow them returns infinity, and
- * row_norm then recomputes it scaled, in double. */
-GP_HOT static double sumsq_f32(const float *a, int64_t n) { return dot_f32(a, a, n); }
-
-GP_HOT static double sumsq_f64(const double *a, int64_t n) { return dot_f64(a, a, n); }
-
-/* Euclidean norm of a row, in double; NaN when the row holds NaN or infinity. Rows whose
- * squares overflow (float64 entries near 1e154) are rescaled by their largest entry. */
-static double row_norm(const void *row, int64_t n, int f64)
+GP_HOT static double sumsq_f32(const float *a, int64_t n)
 {
-    double sum = f64 ? sumsq_f64((const double *)row, n) : sumsq_f32((const float *)row, n);
-    double scale = 0.0;
-    int64_t i;
-    if (isfinite(sum)) return sqrt(sum);
-    for (i = 0; i < n; i++) {
-        double x = f64 ? ((const double *)row)[i] : ((const float *)row)[i];
-        if (!isfinite(x)) return NAN;
-        if (fabs(x) > scale) scale = fabs(x);
+    double acc[GP_LANES_F64] = {0}, sum = 0.0;
+    int64_t i = 0;
+    int l;
+    for (; i + GP_LANES_F64 <= n; i += GP_LANES_F64)
+        for (l = 0; l < GP_LANES_F64; l++) acc[l] += (double)a[i + l] * a[i + l];
+    for (; i < n; i++) sum += (double)a[i] * a[i];
+    for (l = 0; l < GP_LANES_F64; l++) sum += acc[l];
+    return sum;
+}
+
+static double element(const void *row, int64_t c, int f64)
+{
+    return f64 ? ((const double *)row)[c] : ((const float *)row)[c];
+}
+
+/* How to normalize a row: x̂ = (x / *scale) * (returned inverse norm). *scale is 1 when the
+ * norm lies in [GP_NORM_MIN, GP_NORM_MAX] of the compute type; beyond that the row is first
+ * divided by its largest magnitude, so nothing overflows or underflows. Returns 0 for a zero
+ * row (it stays zero) and NaN when the row holds NaN or infinity. */
+static double inverse_norm(const void *row, int64_t n, int f64, double *scale)
+{
+    double sum = f64 ? dot_f64((const double *)row, (const double *)row, n)
+                     : sumsq_f32((const float *)row, n);
+    double norm = sqrt(sum), largest = 0.0;
+    int64_t c;
+    *scale = 1.0;
+    if (norm >= (f64 ? GP_NORM_MIN_F64 : GP_NORM_MIN_F32) &&
+        norm <= (f64 ? GP_NORM_MAX_F64 : GP_NORM_MAX_F32))
+        return 1.0 / norm;
+    for (c = 0; c < n; c++) {
+        double v = element(row, c, f64);
+        if (!isfinite(v)) return NAN;
+        if (fabs(v) > largest) largest = fabs(v);
     }
+    if (largest == 0.0) return 0.0;
     sum = 0.0;
-    for (i = 0; i < n; i++) {
-        double x = (f64 ? ((const double *)row)[i] : ((const float *)row)[i]) / scale;
-        sum += x * x;
+    for (c = 0; c < n; c++) {
+        double v = element(row, c, f64) / largest;
+        sum += v * v;
     }
-    return sqrt(sum) * scale;
+    *scale = largest;
+    return 1.0 / sqrt(sum);
 }
 
 /* ---------------------------------------------------------------- one image */
@@ -250,7 +275,8 @@ typedef struct image_work {
     int64_t b, n, d;
     double lam;
     int f64, threads;
-    double *shat, *m, *gain, *inv_norm; /* per candidate; gain is exact when seen == picks */
+    double *shat, *m, *gain;            /* per candidate; gain is exact when seen == picks */
+    double *scale, *inv_norm;           /* x̂_i = (x_i / scale_i) * inv_norm_i */
     int64_t *seen, *heap, *batch;       /* seen: picks m accounts for; batch: refresh round */
     int64_t heap_size, batch_cap;
     void *picked;                       /* unit rows of the picks so far, compute type */
@@ -302,11 +328,39 @@ static void *thread_scratch(const image_work *w)
     return (double *)w->scratch + (w->threads > 1 ? (int64_t)GP_THREAD_ID() * w->d : 0);
 }
 
-static double distance_to_pick(const image_work *w, const void *row, int64_t i, int64_t t)
+/* Write row i's unit vector (x / scale) * inv_norm, in the compute type, to `out` (which may be
+ * `row` itself when the row already sits in scratch). */
+static void unit_row(const image_work *w, const void *row, int64_t i, void *out)
+{
+    double scale = w->scale[i], inv = w->inv_norm[i];
+    int64_t c;
+    if (w->f64)
+        for (c = 0; c < w->d; c++) ((double *)out)[c] = (((const double *)row)[c] / scale) * inv;
+    else
+        for (c = 0; c < w->d; c++)
+            ((float *)out)[c] = (float)((((const float *)row)[c] / scale) * inv);
+}
+
+/* Row i ready for dot products with unit rows: *factor times its dot product with a unit row is
+ * the cosine. Rows of ordinary magnitude are used in place; others as unit copies in scratch. */
+static const void *dot_ready_row(const image_work *w, int64_t i, double *factor)
+{
+    void *scratch = thread_scratch(w);
+    const void *row = load_row(w->x, w->b, i, scratch);
+    if (w->scale[i] == 1.0) {
+        *factor = w->inv_norm[i];
+        return row;
+    }
+    unit_row(w, row, i, scratch);
+    *factor = 1.0;
+    return scratch;
+}
+
+static double distance_to_pick(const image_work *w, const void *row, double factor, int64_t t)
 {
     double dot = w->f64 ? dot_f64((const double *)row, (const double *)w->picked + t * w->d, w->d)
                         : dot_f32((const float *)row, (const float *)w->picked + t * w->d, w->d);
-    return (1.0 - dot * w->inv_norm[i]) / 2.0;
+    return (1.0 - dot * factor) / 2.0;
 }
 
 static void lower_m(image_work *w, int64_t i, double dist)
@@ -322,10 +376,11 @@ static void lower_m(image_work *w, int64_t i, double dist)
  * (m is a minimum over a prefix of the picks), and i sinks without paying for the rest. */
 static void refresh(image_work *w, int64_t i, int64_t picks, int64_t rival)
 {
-    const void *row = load_row(w->x, w->b, i, thread_scratch(w));
+    double factor;
+    const void *row = dot_ready_row(w, i, &factor);
     int64_t t = w->seen[i];
     while (t < picks) {
-        lower_m(w, i, distance_to_pick(w, row, i, t++));
+        lower_m(w, i, distance_to_pick(w, row, factor, t++));
         if (rival >= 0 && ranks_before(w, rival, i)) break;
     }
     w->seen[i] = t;
@@ -356,15 +411,7 @@ static void refresh_top(image_work *w, int64_t picks, int64_t refreshes_this_ste
 static void store_pick(image_work *w, int64_t j, int64_t t)
 {
     const void *row = load_row(w->x, w->b, j, thread_scratch(w));
-    double inv = w->inv_norm[j];
-    int64_t c;
-    if (w->f64) {
-        double *out = (double *)w->picked + t * w->d;
-        for (c = 0; c < w->d; c++) out[c] = ((const double *)row)[c] * inv;
-    } else {
-        float *out = (float *)w->picked + t * w->d;
-        for (c = 0; c < w->d; c++) out[c] = (float)(((const float *)row)[c] * inv);
-    }
+    unit_row(w, row, j, (char *)w->picked + (size_t)(t * w->d) * (w->f64 ? sizeof(double) : sizeof(float)));
 }
 
 static gp_status normalize_saliency(image_work *w, const gp_view *s)
@@ -406,15 +453,22 @@ static gp_status first_pass(image_work *w, int with_first_pick)
     reduction(| : bad)
 #endif
     for (i = 0; i < w->n; i++) {
-        const void *row = load_row(w->x, w->b, i, thread_scratch(w));
-        double norm = row_norm(row, w->d, w->f64);
-        if (isnan(norm)) {
+        void *scratch = thread_scratch(w);
+        const void *row = load_row(w->x, w->b, i, scratch);
+        double factor;
+        w->inv_norm[i] = inverse_norm(row, w->d, w->f64, &w->scale[i]);
+        if (isnan(w->inv_norm[i])) {
             bad = 1;
             continue;
         }
-        w->inv_norm[i] = norm > 0.0 ? 1.0 / norm : 0.0; /* a zero row stays zero */
         if (with_first_pick) {
-            lower_m(w, i, distance_to_pick(w, row, i, 0));
+            factor = w->inv_norm[i];
+            if (w->scale[i] != 1.0) {
+                unit_row(w, row, i, scratch);
+                row = scratch;
+                factor = 1.0;
+            }
+            lower_m(w, i, distance_to_pick(w, row, factor, 0));
             w->seen[i] = 1;
         }
     }
@@ -431,8 +485,9 @@ static gp_status greedy_image(const gp_view *x, const gp_view *s, int64_t b, int
     size_t elem = x->dtype == GP_FLOAT64 ? sizeof(double) : sizeof(float);
     void *block = NULL;
     char *p;
-    size_t per_candidate = 4 * sizeof(double) + 2 * sizeof(int64_t), bytes;
+    size_t per_candidate = 5 * sizeof(double) + 2 * sizeof(int64_t), bytes;
 
+    if (n < 1 || k < 1 || k > n) return GP_EINVAL; /* checked by the caller; tells the compiler */
     memset(&w, 0, sizeof w);
     w.x = x;
     w.b = b;
@@ -454,6 +509,7 @@ static gp_status greedy_image(const gp_view *x, const gp_view *s, int64_t b, int
     w.m = (double *)p;        p += (size_t)n * sizeof(double);
     w.gain = (double *)p;     p += (size_t)n * sizeof(double);
     w.inv_norm = (double *)p; p += (size_t)n * sizeof(double);
+    w.scale = (double *)p;    p += (size_t)n * sizeof(double);
     w.scratch = p;            p += (size_t)w.threads * (size_t)d * sizeof(double);
     w.seen = (int64_t *)p;    p += (size_t)n * sizeof(int64_t);
     w.heap = (int64_t *)p;    p += (size_t)n * sizeof(int64_t);
@@ -478,12 +534,12 @@ static gp_status greedy_image(const gp_view *x, const gp_view *s, int64_t b, int
     if (gains != NULL) gains[0] = w.gain[first];
     diverse = lam < 1.0 && k > 1;
     if (diverse) {
-        double norm = row_norm(load_row(x, b, first, thread_scratch(&w)), d, w.f64);
-        if (isnan(norm)) {
+        const void *row = load_row(x, b, first, thread_scratch(&w));
+        w.inv_norm[first] = inverse_norm(row, d, w.f64, &w.scale[first]);
+        if (isnan(w.inv_norm[first])) {
             status = GP_ENONFINITE_FEATURES;
             goto done;
         }
-        w.inv_norm[first] = norm > 0.0 ? 1.0 / norm : 0.0;
         store_pick(&w, first, 0);
     }
     status = first_pass(&w, diverse);

@@ -54,19 +54,16 @@ def normalized_saliency(s, n):
 
 
 def unit_rows(x):
-    """``x̂_i = x_i / ||x_i||``; a zero row stays zero."""
-    with np.errstate(over="ignore"):
-        norms = np.sqrt((x * x).sum(axis=1))
-    if not np.isfinite(norms).all():
-        # Squares overflow for entries near 1.3e154: scale each row by its largest entry first.
-        scale = np.abs(x).max(axis=1)
-        scale[scale == 0] = 1.0
-        y = x / scale[:, None]
-        norms = np.sqrt((y * y).sum(axis=1)) * scale
-    out = np.zeros_like(x)
-    nonzero = norms > 0
-    out[nonzero] = x[nonzero] / norms[nonzero, None]
-    return out
+    """``x̂_i = x_i / ||x_i||``; a zero row stays zero.
+
+    Each row is divided by its largest magnitude before squaring, so that neither overflow
+    (entries near 1e154) nor underflow (entries near 1e-160) changes the direction.
+    """
+    scale = np.abs(x).max(axis=1, keepdims=True)
+    scale[scale == 0] = 1.0
+    y = x / scale
+    norms = np.sqrt((y * y).sum(axis=1, keepdims=True))
+    return np.divide(y, norms, out=np.zeros_like(y), where=norms > 0)
 
 
 def _greedy_one(x, s, k, lam):
