@@ -77,7 +77,7 @@ def cases(dtype=np.float64):
     add("negative saliency", x, 9, -10 * s, 0.5)
     # Entries whose squares overflow, and a saliency range that overflows the dtype.
     info = np.finfo(dtype)
-    huge, tiny = float(np.sqrt(info.max)) * 8 / 3, {np.float64: 1e-150, np.float32: 1e-18}.get(dtype, 1e-3)
+    huge, tiny = float(np.sqrt(info.max)) * 8 / 3, {np.float64: 1e-170, np.float32: 1e-25}.get(dtype, 1e-3)
     add("huge values", x * huge, 6, (s - 0.5) * float(info.max) * 1.9, 0.5)
     add("tiny values", x * tiny, 6, s, 0.5)
     add("clustered", np.repeat(rng.normal(size=(4, 16)), 10, axis=0)
