@@ -36,10 +36,6 @@
 #define GP_PARALLEL_MIN_WORK ((int64_t)1 << 18)
 /* More threads than this for one image would only add scratch rows and idle threads. */
 #define GP_MAX_THREADS 1024
-/* A step refreshes candidates one at a time; after this many it switches to parallel rounds of
- * GP_REFRESH_BATCH_PER_THREAD candidates per thread (a round costs a few microseconds to start). */
-#define GP_SERIAL_REFRESHES 64
-#define GP_REFRESH_BATCH_PER_THREAD 16
 /* Rows whose norm lies in this range take part in dot products as they are (their entries times
  * a unit row's cannot overflow or lose precision to underflow), the rest as unit copies. */
 #define GP_NORM_MIN_F32 1e-30
@@ -277,8 +273,8 @@ typedef struct image_work {
     int f64, threads;
     double *shat, *m, *gain;            /* per candidate; gain is exact when seen == picks */
     double *scale, *inv_norm;           /* x̂_i = (x_i / scale_i) * inv_norm_i */
-    int64_t *seen, *heap, *batch;       /* seen: picks m accounts for; batch: refresh round */
-    int64_t heap_size, batch_cap;
+    int64_t *seen, *heap;               /* seen: how many picks (a prefix) m accounts for */
+    int64_t heap_size;
     void *picked;                       /* unit rows of the picks so far, compute type */
     void *scratch;                      /* one row of d doubles per thread */
 } image_work;
@@ -298,18 +294,6 @@ static void sift_down(image_work *w, int64_t pos)
         if (!ranks_before(w, h[child], item)) break;
         h[pos] = h[child];
         pos = child;
-    }
-    h[pos] = item;
-}
-
-static void heap_push(image_work *w, int64_t item)
-{
-    int64_t *h = w->heap, pos = w->heap_size++;
-    while (pos > 0) {
-        int64_t parent = (pos - 1) / 2;
-        if (!ranks_before(w, item, h[parent])) break;
-        h[pos] = h[parent];
-        pos = parent;
     }
     h[pos] = item;
 }
@@ -386,26 +370,14 @@ static void refresh(image_work *w, int64_t i, int64_t picks, int64_t rival)
     w->seen[i] = t;
 }
 
-/* Refresh the stale top of the heap alone (against its best rival, a child of the root), or,
- * once a step has needed many refreshes, together with the next candidates in parallel
- * (speculative refreshes only tighten bounds, never change an answer). */
-static void refresh_top(image_work *w, int64_t picks, int64_t refreshes_this_step)
+/* Refresh the stale top of the heap against its best rival (a child of the root) and let it sink.
+ * This stays on one thread: each refresh is a few dot products, too little to share. */
+static void refresh_top(image_work *w, int64_t picks)
 {
-    int64_t count = 0, c;
-    if (w->threads <= 1 || refreshes_this_step < GP_SERIAL_REFRESHES) {
-        int64_t rival = w->heap_size > 1 ? w->heap[1] : -1;
-        if (w->heap_size > 2 && ranks_before(w, w->heap[2], w->heap[1])) rival = w->heap[2];
-        refresh(w, w->heap[0], picks, rival);
-        sift_down(w, 0);
-        return;
-    }
-    while (count < w->batch_cap && w->heap_size > 0) w->batch[count++] = heap_pop(w);
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(w->threads) schedule(dynamic, 1)
-#endif
-    for (c = 0; c < count; c++)
-        if (w->seen[w->batch[c]] < picks) refresh(w, w->batch[c], picks, -1);
-    for (c = 0; c < count; c++) heap_push(w, w->batch[c]);
+    int64_t rival = w->heap_size > 1 ? w->heap[1] : -1;
+    if (w->heap_size > 2 && ranks_before(w, w->heap[2], w->heap[1])) rival = w->heap[2];
+    refresh(w, w->heap[0], picks, rival);
+    sift_down(w, 0);
 }
 
 static void store_pick(image_work *w, int64_t j, int64_t t)
@@ -496,11 +468,10 @@ static gp_status greedy_image(const gp_view *x, const gp_view *s, int64_t b, int
     w.lam = lam;
     w.f64 = x->dtype == GP_FLOAT64;
     w.threads = (threads > 1 && n * d >= GP_PARALLEL_MIN_WORK) ? threads : 1;
-    w.batch_cap = w.threads > 1 ? (int64_t)w.threads * GP_REFRESH_BATCH_PER_THREAD : 0;
 
     /* One allocation for everything. n * d elements exist in memory, so n, d and k * d are far
      * from overflowing; the thread count is capped so that it cannot either. */
-    bytes = (size_t)n * per_candidate + (size_t)w.batch_cap * sizeof(int64_t) +
+    bytes = (size_t)n * per_candidate +
             (size_t)k * (size_t)d * elem + (size_t)w.threads * (size_t)d * sizeof(double);
     block = malloc(bytes);
     if (block == NULL) return GP_ENOMEM;
@@ -513,7 +484,6 @@ static gp_status greedy_image(const gp_view *x, const gp_view *s, int64_t b, int
     w.scratch = p;            p += (size_t)w.threads * (size_t)d * sizeof(double);
     w.seen = (int64_t *)p;    p += (size_t)n * sizeof(int64_t);
     w.heap = (int64_t *)p;    p += (size_t)n * sizeof(int64_t);
-    w.batch = (int64_t *)p;   p += (size_t)w.batch_cap * sizeof(int64_t);
     w.picked = p;
 
     status = normalize_saliency(&w, s);
@@ -548,9 +518,9 @@ static gp_status greedy_image(const gp_view *x, const gp_view *s, int64_t b, int
         for (i = w.heap_size / 2 - 1; i >= 0; i--) sift_down(&w, i);
 
     for (step = 1; step < k; step++) {
-        int64_t pick, refreshes = 0;
+        int64_t pick;
         /* With lam == 1 the diversity term has weight 0: every gain is already exact. */
-        while (lam < 1.0 && w.seen[w.heap[0]] < step) refresh_top(&w, step, refreshes++);
+        while (lam < 1.0 && w.seen[w.heap[0]] < step) refresh_top(&w, step);
         pick = heap_pop(&w);
         order[step] = pick;
         if (gains != NULL) gains[step] = w.gain[pick];

@@ -72,8 +72,9 @@ gp_view gp_contiguous(const void *data, gp_dtype dtype, int64_t batch, int64_t r
  * @param k           tokens to keep per image, 1 <= k <= N.
  * @param lam         weight of saliency against diversity, 0 <= lam <= 1.
  * @param num_threads threads to use; <= 0 means gp_default_num_threads(). The answer does not
- *                    depend on it. Several images run in parallel; one large image shares the
- *                    refresh work between threads; small work runs on one thread.
+ *                    depend on it. Several images run in parallel, one thread each; one
+ *                    large image shares its pass over the features (norms, finiteness, the
+ *                    distances to the first pick); small work runs on one thread.
  * @param order       caller-owned, B * k entries: image b's picks, in the order picked, at
  *                    order[b * k .. b * k + k - 1].
  * @param gains       NULL, or caller-owned B * k entries: the value each pick added.
