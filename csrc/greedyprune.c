@@ -32,14 +32,17 @@
 #include <omp.h>
 #endif
 
-/* Below this many multiply-adds a pass over one image stays on one thread. */
-#define GP_PARALLEL_MIN_WORK ((int64_t)1 << 18)
+/* Below this many elements a pass over one image stays on one thread: starting a team costs
+ * microseconds on a quiet machine, and milliseconds when another job holds a core. */
+#define GP_PARALLEL_MIN_WORK ((int64_t)1 << 22)
 /* More threads than this for one image would only add scratch rows and idle threads. */
 #define GP_MAX_THREADS 1024
-/* Rows whose norm lies in this range take part in dot products as they are (their entries times
- * a unit row's cannot overflow or lose precision to underflow), the rest as unit copies. */
-#define GP_NORM_MIN_F32 1e-30
-#define GP_NORM_MAX_F32 1e30
+/* Rows whose norm lies in this range have their sum of squares accumulated in the compute type
+ * and take part in dot products as they are: no square or product can overflow or fall into
+ * the subnormal range where it would lose precision. Other rows are measured after scaling by
+ * their largest entry, in double, and take part as unit copies. */
+#define GP_NORM_MIN_F32 1e-15
+#define GP_NORM_MAX_F32 1e15
 #define GP_NORM_MIN_F64 1e-140
 #define GP_NORM_MAX_F64 1e140
 /* Independent accumulators in the dot products (a multiple of any SIMD width in use). */
@@ -218,18 +221,6 @@ GP_HOT static double dot_f64(const double *a, const double *b, int64_t n)
     return sum;
 }
 
-GP_HOT static double sumsq_f32(const float *a, int64_t n)
-{
-    double acc[GP_LANES_F64] = {0}, sum = 0.0;
-    int64_t i = 0;
-    int l;
-    for (; i + GP_LANES_F64 <= n; i += GP_LANES_F64)
-        for (l = 0; l < GP_LANES_F64; l++) acc[l] += (double)a[i + l] * a[i + l];
-    for (; i < n; i++) sum += (double)a[i] * a[i];
-    for (l = 0; l < GP_LANES_F64; l++) sum += acc[l];
-    return sum;
-}
-
 static double element(const void *row, int64_t c, int f64)
 {
     return f64 ? ((const double *)row)[c] : ((const float *)row)[c];
@@ -242,7 +233,7 @@ static double element(const void *row, int64_t c, int f64)
 static double inverse_norm(const void *row, int64_t n, int f64, double *scale)
 {
     double sum = f64 ? dot_f64((const double *)row, (const double *)row, n)
-                     : sumsq_f32((const float *)row, n);
+                     : dot_f32((const float *)row, (const float *)row, n);
     double norm = sqrt(sum), largest = 0.0;
     int64_t c;
     *scale = 1.0;

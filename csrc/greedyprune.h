@@ -81,7 +81,8 @@ gp_view gp_contiguous(const void *data, gp_dtype dtype, int64_t batch, int64_t r
  * @return GP_OK; GP_EINVAL for a NULL pointer, bad shape, dtype, k or lam; GP_ENONFINITE_* for
  *         NaN/infinity; GP_ENOMEM. On failure the outputs are unspecified and nothing leaks.
  *
- * float64 input is computed in float64; the other types in float32 (sums of squares in float64).
+ * float64 input is computed in float64, the other types in float32 (rows of extreme magnitude,
+ * beyond 1e15 or below 1e-15 in norm, are first scaled by their largest entry, in float64).
  */
 gp_status gp_greedy(const gp_view *features, const gp_view *saliency, int64_t k, double lam,
                     int num_threads, int64_t *order, double *gains);
