@@ -1,0 +1,294 @@
+"""``python -m greedyprune demo``: prune a real photo's visual tokens in a LLaVA model, no download.
+
+By default the model is a LLaVA-1.5-architecture model with *random weights*, built from a
+config: a CLIP vision tower at 336 px with 14-px patches (576 visual tokens, as in LLaVA-1.5),
+narrowed to 6 layers × 512, and a Llama decoder of 8 layers × 1024. Its tokenizer is byte-level
+and built in code (every byte a token), its image processor is CLIP's with LLaVA-1.5's settings.
+Its answers are meaningless; the token counts, prefill times and the kept-token picture are
+real. ``--model PATH`` runs the same on a local checkpoint with its own processor.
+
+The builders here (:func:`random_llava`, :func:`random_llava_processor`) also serve the tests,
+which pass ``size="tiny"`` for a model that runs in milliseconds with the same 576 tokens.
+"""
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+DEFAULT_QUESTION = "What is the person in the picture wearing?"
+
+#: Vision tower and decoder widths for the random-weight model, by size name.
+SIZES: Dict[str, Dict[str, Dict[str, int]]] = {
+    # The demo: LLaVA-1.5's token geometry (CLIP-L/14 at 336 px: 576 tokens), narrower towers so
+    # that it runs in seconds on a laptop CPU while the decoder still dominates the prefill, as
+    # in the real 7B model.
+    "demo": dict(vision=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=6,
+                             num_attention_heads=8),
+                 text=dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8,
+                           num_attention_heads=16)),
+    # For tests: the same 576 tokens, tiny widths.
+    "tiny": dict(vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                             num_attention_heads=4),
+                 text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4)),
+}
+
+_SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+
+
+def sample_image_path() -> Path:
+    """The photo shipped with the package (NASA portrait of Eileen Collins, public domain)."""
+    return Path(str(resources.files("greedyprune") / "data" / "astronaut.jpg"))
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer built in code: each UTF-8 byte is one token, plus the special
+    tokens ``<unk> <s> </s> <pad> <image>`` (ids 0–4). Any text round-trips; no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {token: i for i, token in enumerate(_SPECIAL_TOKENS + alphabet)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+        pad_token="<pad>", extra_special_tokens={"image_token": "<image>"})
+
+
+def random_llava_processor():
+    """A ``LlavaProcessor`` with LLaVA-1.5's image settings (CLIP normalization, shorter side
+    resized to 336, centre crop 336) and :func:`byte_tokenizer`."""
+    import transformers
+    from transformers import LlavaProcessor
+
+    # The PIL backend when it exists: the default one needs torchvision for no gain here.
+    image_processor_class = getattr(transformers, "CLIPImageProcessorPil", None) or \
+        transformers.CLIPImageProcessor
+    image_processor = image_processor_class(size={"shortest_edge": 336},
+                                            crop_size={"height": 336, "width": 336})
+    return LlavaProcessor(image_processor=image_processor, tokenizer=byte_tokenizer(),
+                          patch_size=14, vision_feature_select_strategy="default",
+                          num_additional_image_tokens=1)
+
+
+def random_llava(size: str = "demo", seed: int = 0):
+    """A LLaVA-1.5-architecture model with random weights (see :data:`SIZES`), in eval mode."""
+    import torch
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
+    widths = SIZES[size]
+    vocab_size = len(_SPECIAL_TOKENS) + 256
+    config = LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", image_size=336, patch_size=14,
+                           projection_dim=widths["vision"]["hidden_size"], **widths["vision"]),
+        text_config=dict(model_type="llama", vocab_size=vocab_size, max_position_embeddings=2048,
+                         num_key_value_heads=widths["text"]["num_attention_heads"],
+                         bos_token_id=1, eos_token_id=2, pad_token_id=3, **widths["text"]),
+        image_token_id=_SPECIAL_TOKENS.index("<image>"), vision_feature_layer=-2,
+        vision_feature_select_strategy="default", projector_hidden_act="gelu",
+    )
+    with _seeded(torch, seed):
+        model = LlavaForConditionalGeneration(config)
+    return model.eval()
+
+
+def describe_random_llava(model) -> str:
+    config = model.config
+    vision, text = config.vision_config, config.text_config
+    side = vision.image_size // vision.patch_size
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    return (f"LLaVA-1.5 architecture with RANDOM weights, built from a config (no download): "
+            f"CLIP vision tower {vision.image_size} px / patch {vision.patch_size} "
+            f"({side}x{side} = {side * side} visual tokens), {vision.num_hidden_layers} layers x "
+            f"{vision.hidden_size}; Llama decoder {text.num_hidden_layers} layers x "
+            f"{text.hidden_size}; byte-level tokenizer; {params:.0f}M parameters. "
+            f"Its answers are meaningless; token counts, timings and the picture are real.")
+
+
+def load_local(path: str, device: Optional[str] = None, dtype: str = "auto"):
+    """Model and processor from a local checkpoint folder (never the network)."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=dtype)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), processor
+
+
+@dataclass
+class DemoResult:
+    tokens_before: int
+    tokens_after: int
+    sequence_before: int
+    sequence_after: int
+    prefill_unpruned: float
+    prefill_pruned: float
+    hook_seconds: float
+    answer_unpruned: str
+    answer_pruned: str
+    picture: Optional[Path]
+
+    @property
+    def speedup(self) -> float:
+        return self.prefill_unpruned / self.prefill_pruned
+
+
+def run(model, processor, *, image: Any = None, question: str = DEFAULT_QUESTION,
+        keep: int = 64, method: str = "greedyprune", lam: float = 0.5, saliency: str = "text",
+        out: Optional[str] = "greedyprune-demo.png", repeats: int = 3,
+        max_new_tokens: int = 8, print_fn=print) -> DemoResult:
+    """Time the prefill unpruned and pruned, answer both ways, draw the kept tokens."""
+    import torch
+
+    from . import methods as registry
+    from .evaluate import HFAnswerer, device_synchronizer
+    from .hf import attach
+    from .viz import draw_record
+
+    image = sample_image_path() if image is None else image
+    answerer = HFAnswerer(model, processor, max_new_tokens=max_new_tokens, prompt="{question}",
+                          lam=lam, saliency=saliency)
+    inputs = answerer.inputs(image, question)
+    sequence_before = int(inputs["input_ids"].shape[1])
+
+    sync = device_synchronizer(model)
+    # A prefill as generate() runs it: the cache is built, logits only for the last position.
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(
+        model.forward).parameters else {}
+
+    def prefill_seconds() -> float:
+        times = []
+        with torch.inference_mode():
+            for n in range(repeats + 1):  # the first pass warms up allocators and kernels
+                sync()
+                start = time.perf_counter()
+                model(**inputs, **extra)
+                sync()
+                times.append(time.perf_counter() - start)
+        # The best run: the cost of the work itself, least disturbed by other processes.
+        return min(times[1:])
+
+    unpruned = prefill_seconds()
+    order: List[Any] = []
+    selector = registry.get(method)
+    recording = _recording_selector(selector, method, order)
+    with _temporary_method(registry, recording) as name:
+        with attach(model, keep=keep, method=name, lam=lam, saliency=saliency) as handle:
+            pruned = prefill_seconds()
+            record = handle.last_prefill
+    answer_unpruned = answerer(image, question).text
+    answer_pruned = answerer(image, question, method, keep).text
+
+    entry = record.images[0]
+    picture = None
+    if out:
+        # Selection order is drawn only when every candidate token is an image patch, so that
+        # the selector's indices are the image's token indices.
+        ranks = order[-1] if order and entry.tokens_before == entry.n_tokens else None
+        title = (f"{method}: {entry.tokens_after} of {entry.tokens_before} visual tokens kept"
+                 + (" (numbered in pick order)" if ranks is not None else ""))
+        drawing = draw_record(image, entry, scale=2, title=title,
+                              **({"order": ranks} if ranks is not None else {}))
+        picture = Path(out)
+        picture.parent.mkdir(parents=True, exist_ok=True)
+        drawing.save(picture)
+    result = DemoResult(
+        tokens_before=sum(i.tokens_before for i in record.images),
+        tokens_after=sum(i.tokens_after for i in record.images),
+        sequence_before=sequence_before, sequence_after=int(record.seq_len_after),
+        prefill_unpruned=unpruned, prefill_pruned=pruned, hook_seconds=record.hook_seconds,
+        answer_unpruned=answer_unpruned, answer_pruned=answer_pruned, picture=picture)
+    _print_result(result, method, keep, lam, saliency, repeats, print_fn)
+    return result
+
+
+def _print_result(r: DemoResult, method, keep, lam, saliency, repeats, print_fn) -> None:
+    print_fn(f"pruning:  method={method}, keep={keep}, lam={lam}, saliency={saliency}")
+    print_fn(f"visual tokens: {r.tokens_before} -> {r.tokens_after}   "
+             f"(sequence: {r.sequence_before} -> {r.sequence_after} tokens)")
+    print_fn(f"prefill:  unpruned {r.prefill_unpruned * 1e3:.1f} ms, pruned "
+             f"{r.prefill_pruned * 1e3:.1f} ms -> {r.speedup:.2f}x faster "
+             f"(best of {repeats}; the pruning hook itself: {r.hook_seconds * 1e3:.1f} ms)")
+    print_fn(f"answer unpruned: {r.answer_unpruned!r}")
+    print_fn(f"answer pruned:   {r.answer_pruned!r}")
+    if r.picture is not None:
+        print_fn(f"picture:  {r.picture} (kept patches bright and outlined, pruned ones dimmed)")
+
+
+def _recording_selector(selector, method: str, order: list):
+    """The selector, noting the selection order of its last call when the method is the
+    greedy rule (whose order is meaningful, and which the core returns at no extra cost)."""
+    if method != "greedyprune":
+        return selector
+
+    def recording(features, k, saliency=None, *, lam=0.5, seed=0):
+        import greedyprune
+
+        picks, _ = greedyprune.greedy(features, k, saliency, lam)
+        order.append(picks[0] if picks.ndim == 2 else picks)
+        if hasattr(picks, "sort") and not isinstance(picks, np.ndarray):  # a torch tensor
+            return picks.sort(dim=-1).values
+        return np.sort(picks, axis=-1)  # what select returns: the same picks, sorted
+
+    return recording
+
+
+class _temporary_method:
+    """Register a selector under a private name for the duration of a ``with`` block."""
+
+    def __init__(self, registry, selector) -> None:
+        self.registry, self.selector = registry, selector
+        self.name = "_demo_recording"
+
+    def __enter__(self) -> str:
+        self.registry.register(self.name, wrap=False)(self.selector)
+        return self.name
+
+    def __exit__(self, *exc) -> None:
+        self.registry._REGISTRY.pop(self.name, None)
+
+
+class _seeded:
+    """Seed torch's global generator inside the block and restore its state afterwards."""
+
+    def __init__(self, torch, seed: int) -> None:
+        self.torch, self.seed = torch, seed
+
+    def __enter__(self) -> None:
+        self.state = self.torch.random.get_rng_state()
+        self.torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc) -> None:
+        self.torch.random.set_rng_state(self.state)
+
+
+def main(model_path: Optional[str] = None, *, image: Optional[str] = None,
+         question: str = DEFAULT_QUESTION, keep: int = 64, method: str = "greedyprune",
+         out: str = "greedyprune-demo.png", size: str = "demo", device: Optional[str] = None,
+         repeats: int = 3, print_fn=print) -> DemoResult:
+    """The ``demo`` command: build (or load) the model, then :func:`run`."""
+    start = time.perf_counter()
+    if model_path is None:
+        model, processor = random_llava(size), random_llava_processor()
+        print_fn(f"model:    {describe_random_llava(model)}")
+    else:
+        model, processor = load_local(model_path, device)
+        print_fn(f"model:    {model_path} ({type(model).__name__}, local files only)")
+    shown = image or f"{sample_image_path()} (NASA photo of astronaut Eileen Collins, public domain)"
+    print_fn(f"image:    {shown}")
+    print_fn(f"question: {question}")
+    result = run(model, processor, image=image, question=question, keep=keep, method=method,
+                 out=out, repeats=repeats, print_fn=print_fn)
+    print_fn(f"done in {time.perf_counter() - start:.1f} s")
+    return result

@@ -1,0 +1,547 @@
+"""Compare answers with and without pruning: accuracy, agreement and prefill time per method.
+
+The question users ask before trusting a pruning method is "does my model still answer my
+questions the same way?". This module answers it on their own data::
+
+    from greedyprune.evaluate import HFAnswerer, compare, load_records
+    answerer = HFAnswerer(model, processor)
+    report = compare(answerer, load_records("cases.jsonl"), methods=["greedyprune", "random"],
+                     keeps=[64, 128, 192])
+    print(report.table())            # markdown; report.table("csv") for CSV
+    report.plot("accuracy.png")      # accuracy (or agreement) vs kept tokens, one line per method
+    report.save("results/")          # table, per-answer CSV and plot
+
+For each record (an image, a question, optionally reference answers) the model answers once
+unpruned and once per (method, budget). Each answer is scored by
+
+- **accuracy** against the references, VQA-style: answers are normalized (:func:`normalize_answer`)
+  and an answer scores ``min(#matching references / min(3, #references), 1)`` — the VQA accuracy
+  ``min(#matches / 3, 1)`` for the usual 10 references, exact match for a single reference;
+- **agreement** with the unpruned answer (normalized exact match);
+- **prefill time**: the wall time of the first forward pass of generation (the vision tower, the
+  pruning hook and the language model over the prompt).
+
+The model side is one small interface, an *answerer*: ``answerer(image, question, method, keep)
+-> Answer``, with ``method=None`` meaning unpruned. :class:`HFAnswerer` implements it for a
+HuggingFace model and processor through :func:`greedyprune.hf.attach`; tests and other
+frameworks can pass any callable. :mod:`greedyprune.testing` turns the same comparison into a
+pytest assertion. The command line is ``python -m greedyprune eval``.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import re
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+
+__all__ = ["Answer", "HFAnswerer", "Record", "Report", "Result", "compare", "load_records",
+           "normalize_answer", "vqa_accuracy"]
+
+#: LLaVA-1.5's prompt for short-answer VQA (its VQAv2 / GQA evaluation prompt).
+SHORT_ANSWER_PROMPT = "{question}\nAnswer the question using a single word or phrase."
+
+UNPRUNED = "unpruned"
+
+
+# --- answer normalization and scoring ---------------------------------------------------------
+
+_NUMBER_WORDS = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10", "eleven": "11",
+    "twelve": "12", "thirteen": "13", "fourteen": "14", "fifteen": "15", "sixteen": "16",
+    "seventeen": "17", "eighteen": "18", "nineteen": "19", "twenty": "20",
+}
+_ARTICLES = {"a", "an", "the"}
+_THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}\b)")
+_NON_DECIMAL_PERIOD = re.compile(r"(?<!\d)\.|\.(?!\d)")
+_PUNCTUATION = re.compile(r"[^\w\s.']|_")
+
+
+def normalize_answer(text: str) -> str:
+    """VQA-style normalization, so that "Two dogs." and "2 dogs" compare equal.
+
+    Lowercase; drop thousands separators ("1,000" → "1000"), periods that are not decimal
+    points, apostrophes ("don't" = "dont") and other punctuation (replaced by a space, so that
+    "t-shirt" = "t shirt"); number words up to twenty become digits ("none" → "0", as in the
+    VQA evaluation); drop the articles a, an, the; collapse whitespace.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a string, got {type(text).__name__}")
+    text = text.lower().replace("\n", " ").replace("\t", " ")
+    text = _THOUSANDS_COMMA.sub("", text)
+    text = _NON_DECIMAL_PERIOD.sub("", text)
+    text = text.replace("'", "")
+    text = _PUNCTUATION.sub(" ", text)
+    words = [_NUMBER_WORDS.get(word, word) for word in text.split()]
+    return " ".join(word for word in words if word not in _ARTICLES)
+
+
+def vqa_accuracy(prediction: str, references: Sequence[str]) -> float:
+    """``min(#references equal to the prediction / min(3, #references), 1)``, after
+    :func:`normalize_answer`: the VQA accuracy with 3 or more references, exact match with one."""
+    references = [references] if isinstance(references, str) else list(references)
+    if not references:
+        raise ValueError("references must hold at least one answer")
+    answer = normalize_answer(prediction)
+    matches = sum(answer == normalize_answer(ref) for ref in references)
+    return min(matches / min(3, len(references)), 1.0)
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Record:
+    """One case: an image (path or PIL image), a question, optional reference answers."""
+
+    image: Any
+    question: str
+    answers: Optional[List[str]] = None
+    id: str = ""
+
+
+def load_records(path: Union[str, Path], limit: Optional[int] = None) -> List[Record]:
+    """Read a JSONL file, one case per line: ``{"image": "cat.jpg", "question": "...",
+    "answers": ["cat", ...]}``. ``answers`` (or a single ``answer``) and ``id`` are optional;
+    relative image paths are relative to the file's folder. Blank lines are skipped."""
+    path = Path(path)
+    records = []
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
+            if not isinstance(item, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(item).__name__}")
+            missing = [key for key in ("image", "question") if not item.get(key)]
+            if missing:
+                raise ValueError(f"{where}: missing {' and '.join(missing)}")
+            answers = item.get("answers", item.get("answer"))
+            if isinstance(answers, str):
+                answers = [answers]
+            if answers is not None and (not isinstance(answers, list) or not answers or
+                                        not all(isinstance(a, str) for a in answers)):
+                raise ValueError(f"{where}: answers must be a non-empty list of strings")
+            image = Path(item["image"]).expanduser()
+            if not image.is_absolute():
+                image = path.parent / image
+            if not image.exists():
+                raise ValueError(f"{where}: image {str(image)!r} does not exist")
+            records.append(Record(image=str(image), question=str(item["question"]),
+                                  answers=answers, id=str(item.get("id", number))))
+            if limit is not None and len(records) >= limit:
+                break
+    if not records:
+        raise ValueError(f"{path}: no records")
+    return records
+
+
+# --- answering --------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    """What an answerer returns: the text, and optionally the prefill time and token counts
+    (visual tokens of the prompt before and after pruning, summed over its images)."""
+
+    text: str
+    prefill_seconds: Optional[float] = None
+    tokens_before: Optional[int] = None
+    tokens_after: Optional[int] = None
+
+
+#: ``answerer(image, question, method, keep) -> Answer``; ``method=None``: unpruned.
+Answerer = Callable[[Any, str, Optional[str], Optional[Union[int, float]]], Answer]
+
+
+class PrefillTimer:
+    """Times the first forward call of a module inside the ``with`` block: the prefill of a
+    ``generate()`` call. Hooks are removed on exit."""
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+        self.seconds: Optional[float] = None
+        self._start: Optional[float] = None
+        self._handles: list = []
+
+    def __enter__(self) -> "PrefillTimer":
+        sync = device_synchronizer(self.module)
+
+        def before(module, args):
+            if self._start is None:
+                sync()
+                self._start = time.perf_counter()
+
+        def after(module, args, output):
+            if self.seconds is None and self._start is not None:
+                sync()  # an accelerator runs asynchronously: wait for the work to finish
+                self.seconds = time.perf_counter() - self._start
+
+        self._handles = [self.module.register_forward_pre_hook(before),
+                         self.module.register_forward_hook(after)]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def device_synchronizer(model: Any) -> Callable[[], None]:
+    """A function that waits for the model's accelerator to finish queued work (a no-op on
+    the CPU), so that wall-clock timings measure the work, not its launch."""
+    import torch
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    module = getattr(torch, device.type, None)
+    if device.type != "cpu" and hasattr(module, "synchronize"):
+        return lambda: module.synchronize(device)
+    return lambda: None
+
+
+class HFAnswerer:
+    """Answers with a HuggingFace vision-language model and its processor, pruning through
+    :func:`greedyprune.hf.attach` (greedy decoding, batch of one).
+
+    ``prompt`` formats the question (default: LLaVA-1.5's short-answer prompt). It goes through
+    the processor's chat template when it has one, else into LLaVA-1.5's ``USER: <image>\\n...
+    ASSISTANT:`` format. ``lam``, ``saliency`` and ``seed`` go to ``attach``; a float ``keep``
+    below 1 is a ``keep_ratio``.
+    """
+
+    def __init__(self, model: Any, processor: Any, *, max_new_tokens: int = 16,
+                 prompt: str = SHORT_ANSWER_PROMPT, lam: float = 0.5, saliency: str = "text",
+                 seed: int = 0) -> None:
+        self.model = model
+        self.processor = processor
+        self.max_new_tokens = int(max_new_tokens)
+        self.prompt = prompt
+        self.attach_options = dict(lam=lam, saliency=saliency, seed=seed)
+
+    def __repr__(self) -> str:
+        return (f"HFAnswerer({type(self.model).__name__}, max_new_tokens={self.max_new_tokens}, "
+                f"{', '.join(f'{k}={v!r}' for k, v in self.attach_options.items())})")
+
+    def inputs(self, image: Any, question: str) -> Any:
+        """The processor's tensors for one (image, question), on the model's device."""
+        text = self.prompt.format(question=question)
+        processor = self.processor
+        if getattr(processor, "chat_template", None):
+            conversation = [{"role": "user", "content": [{"type": "image"},
+                                                         {"type": "text", "text": text}]}]
+            prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+        else:
+            token = getattr(processor, "image_token", "<image>")
+            prompt = f"USER: {token}\n{text} ASSISTANT:"
+        inputs = processor(images=_load_image(image), text=prompt, return_tensors="pt")
+        return inputs.to(self.model.device)
+
+    def __call__(self, image: Any, question: str, method: Optional[str] = None,
+                 keep: Optional[Union[int, float]] = None) -> Answer:
+        import torch
+
+        inputs = self.inputs(image, question)
+        handle = None
+        with contextlib.ExitStack() as stack:
+            if method is not None:
+                from .hf import attach
+
+                budget = {"keep_ratio": keep} if _is_ratio(keep) else {"keep": keep}
+                handle = stack.enter_context(attach(self.model, method=method, **budget,
+                                                    **self.attach_options))
+            timer = stack.enter_context(PrefillTimer(self.model))
+            stack.enter_context(torch.inference_mode())
+            output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
+                                         do_sample=False)
+        prompt_length = inputs["input_ids"].shape[1]
+        text = self.processor.batch_decode(output[:, prompt_length:],
+                                           skip_special_tokens=True)[0].strip()
+        before = after = visual_token_count(self.model, inputs["input_ids"])
+        if handle is not None and handle.last:
+            before = sum(image.tokens_before for image in handle.last)
+            after = sum(image.tokens_after for image in handle.last)
+        return Answer(text, timer.seconds, before, after)
+
+
+def visual_token_count(model: Any, input_ids: Any) -> Optional[int]:
+    """Image placeholder tokens in ``input_ids`` (None if the model's image token is unknown)."""
+    config = model.config
+    token = getattr(config, "image_token_id", None)
+    if token is None:
+        token = getattr(config, "image_token_index", None)
+    return None if token is None else int((input_ids == token).sum())
+
+
+def _is_ratio(keep: Any) -> bool:
+    return isinstance(keep, float) and 0.0 < keep < 1.0
+
+
+def _load_image(image: Any) -> Any:
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as opened:
+            return opened.convert("RGB")
+    return image
+
+
+# --- the comparison ---------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """One answer: a record under one configuration (``method == "unpruned"``: no pruning)."""
+
+    record: str
+    method: str
+    keep: Optional[Union[int, float]]
+    answer: str
+    agrees: bool
+    accuracy: Optional[float] = None
+    prefill_seconds: Optional[float] = None
+    tokens_before: Optional[int] = None
+    tokens_after: Optional[int] = None
+
+
+@dataclass
+class Report:
+    """All answers of a :func:`compare` run, with summaries, tables and a plot."""
+
+    results: List[Result]
+    methods: List[str]
+    keeps: List[Union[int, float]]
+    model: str = ""
+    rows: List[Dict[str, Any]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rows = self.summary()
+
+    def summary(self) -> List[Dict[str, Any]]:
+        """One row per configuration (unpruned first): answers, mean accuracy (None without
+        references), agreement with the unpruned answers, median prefill time, mean visual
+        tokens before and after, and the prefill speed-up over unpruned (median / median)."""
+        configs = [(UNPRUNED, None)] + [(m, k) for m in self.methods for k in self.keeps]
+        rows = []
+        for method, keep in configs:
+            chosen = [r for r in self.results if r.method == method and r.keep == keep]
+            if not chosen:
+                continue
+            scored = [r.accuracy for r in chosen if r.accuracy is not None]
+            times = [r.prefill_seconds for r in chosen if r.prefill_seconds is not None]
+            before = [r.tokens_before for r in chosen if r.tokens_before is not None]
+            after = [r.tokens_after for r in chosen if r.tokens_after is not None]
+            rows.append({
+                "method": method,
+                "keep": "all" if keep is None else keep,
+                "answers": len(chosen),
+                "accuracy": statistics.fmean(scored) if scored else None,
+                "agreement": statistics.fmean(r.agrees for r in chosen),
+                "prefill_ms": statistics.median(times) * 1e3 if times else None,
+                "tokens_before": statistics.fmean(before) if before else None,
+                "tokens_after": statistics.fmean(after) if after else None,
+            })
+        base = rows[0]["prefill_ms"] if rows and rows[0]["method"] == UNPRUNED else None
+        for row in rows:
+            row["speedup"] = (base / row["prefill_ms"]) if base and row["prefill_ms"] else None
+        return rows
+
+    def agreement(self, method: str, keep: Union[int, float]) -> float:
+        """Share of records whose answer under (method, keep) equals the unpruned answer."""
+        for row in self.rows:
+            if row["method"] == method and row["keep"] == keep:
+                return row["agreement"]
+        raise KeyError(f"no results for method {method!r} at keep {keep!r}")
+
+    def table(self, fmt: str = "markdown") -> str:
+        """The summary as a markdown table (``fmt="markdown"``) or CSV (``fmt="csv"``)."""
+        columns = ["method", "keep", "answers", "accuracy", "agreement", "prefill_ms",
+                   "speedup", "tokens_before", "tokens_after"]
+        if fmt == "csv":
+            out = io.StringIO()
+            writer = csv.DictWriter(out, columns, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows({c: ("" if row[c] is None else row[c]) for c in columns}
+                             for row in self.rows)
+            return out.getvalue()
+        if fmt != "markdown":
+            raise ValueError(f"fmt must be 'markdown' or 'csv', got {fmt!r}")
+        formats = {"accuracy": "{:.3f}", "agreement": "{:.3f}", "prefill_ms": "{:.1f}",
+                   "speedup": "{:.2f}x", "tokens_before": "{:.0f}", "tokens_after": "{:.0f}"}
+        lines = ["| " + " | ".join(columns) + " |",
+                 "|" + "|".join("---" if c == "method" else "---:" for c in columns) + "|"]
+        for row in self.rows:
+            cells = ["-" if row[c] is None else formats.get(c, "{}").format(row[c])
+                     for c in columns]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    def results_csv(self) -> str:
+        """Every answer, one CSV line each."""
+        out = io.StringIO()
+        columns = list(Result.__dataclass_fields__)
+        writer = csv.DictWriter(out, columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in asdict(r).items()}
+                         for r in self.results)
+        return out.getvalue()
+
+    def plot(self, path: Union[str, Path], metric: Optional[str] = None) -> Path:
+        """Save a PNG of ``metric`` ("accuracy" or "agreement"; default accuracy when the records
+        have references) against the budget, one line per method, the unpruned model dashed.
+        Needs matplotlib (``pip install greedyprune[plot]``)."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")  # files only: no display needed
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise ImportError("Report.plot needs matplotlib: pip install matplotlib "
+                              "(or greedyprune[plot])") from None
+        if metric is None:
+            metric = "accuracy" if self.rows and self.rows[0]["accuracy"] is not None else "agreement"
+        if metric not in ("accuracy", "agreement"):
+            raise ValueError(f"metric must be 'accuracy' or 'agreement', got {metric!r}")
+        figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+        try:
+            for method in self.methods:
+                points = sorted((row["keep"], row[metric]) for row in self.rows
+                                if row["method"] == method and row[metric] is not None)
+                if points:
+                    axes.plot(*zip(*points), marker="o", label=method)
+            base = [row[metric] for row in self.rows if row["method"] == UNPRUNED]
+            if base and base[0] is not None:
+                axes.axhline(base[0], color="gray", linestyle="--", label=UNPRUNED)
+            ratio = any(_is_ratio(k) for k in self.keeps)
+            axes.set_xlabel("kept fraction of visual tokens" if ratio
+                            else "kept visual tokens per image")
+            axes.set_ylabel(metric + (" with the unpruned answer" if metric == "agreement"
+                                      else " (VQA)"))
+            axes.set_ylim(-0.02, 1.02)
+            axes.set_xticks(sorted(set(self.keeps)))
+            axes.grid(alpha=0.3)
+            axes.legend()
+            axes.set_title(f"{self.model or 'model'}: {metric} vs budget "
+                           f"({len({r.record for r in self.results})} cases)", fontsize=10)
+            figure.tight_layout()
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            figure.savefig(path)
+        finally:
+            plt.close(figure)
+        return path
+
+    def save(self, folder: Union[str, Path]) -> Dict[str, Path]:
+        """Write ``summary.md``, ``summary.csv``, ``answers.csv`` and (with matplotlib)
+        ``plot.png`` into ``folder``; return their paths by name."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {"summary.md": folder / "summary.md", "summary.csv": folder / "summary.csv",
+                 "answers.csv": folder / "answers.csv"}
+        paths["summary.md"].write_text(self.table("markdown"), encoding="utf-8")
+        paths["summary.csv"].write_text(self.table("csv"), encoding="utf-8")
+        paths["answers.csv"].write_text(self.results_csv(), encoding="utf-8")
+        try:
+            paths["plot.png"] = self.plot(folder / "plot.png")
+        except ImportError:
+            pass  # the tables are the result; the plot is a convenience
+        return paths
+
+
+def compare(
+    answerer: Answerer,
+    records: Iterable[Union[Record, Dict[str, Any]]],
+    methods: Sequence[str] = ("greedyprune",),
+    keeps: Sequence[Union[int, float]] = (64, 128, 192),
+    *,
+    progress: bool = True,
+    model: str = "",
+) -> Report:
+    """Answer every record unpruned and under every (method, keep); return a :class:`Report`.
+
+    ``records``: :class:`Record` objects or dicts with ``image``, ``question`` and optional
+    ``answers``. ``methods``: names from :mod:`greedyprune.methods`. ``keeps``: tokens kept per
+    image (ints) or fractions (floats in (0, 1)), not mixed. ``progress`` shows a progress bar.
+    """
+    from . import methods as registry
+
+    records = [r if isinstance(r, Record) else Record(**r) for r in records]
+    if not records:
+        raise ValueError("records must hold at least one case")
+    methods = list(methods)
+    for name in methods:
+        registry.get(name)  # an unknown name fails now, not after the unpruned pass
+    keeps = _check_keeps(keeps)
+
+    results: List[Result] = []
+    total = len(records) * (1 + len(methods) * len(keeps))
+    with _progress_bar(total, progress) as bar:
+        for n, record in enumerate(records):
+            name = record.id or str(n)
+            image = _load_image(record.image)
+            reference = answerer(image, record.question, None, None)
+            bar.update(1)
+            results.append(_result(name, UNPRUNED, None, reference, reference, record))
+            for method in methods:
+                for keep in keeps:
+                    bar.set_postfix_str(f"{method} keep={keep}", refresh=False)
+                    answer = answerer(image, record.question, method, keep)
+                    bar.update(1)
+                    results.append(_result(name, method, keep, answer, reference, record))
+    return Report(results, methods, keeps, model=model)
+
+
+def _result(name, method, keep, answer: Answer, reference: Answer, record: Record) -> Result:
+    return Result(
+        record=name, method=method, keep=keep, answer=answer.text,
+        agrees=normalize_answer(answer.text) == normalize_answer(reference.text),
+        accuracy=None if not record.answers else vqa_accuracy(answer.text, record.answers),
+        prefill_seconds=answer.prefill_seconds, tokens_before=answer.tokens_before,
+        tokens_after=answer.tokens_after,
+    )
+
+
+def _check_keeps(keeps) -> List[Union[int, float]]:
+    keeps = list(keeps)
+    if not keeps:
+        raise ValueError("keeps must hold at least one budget")
+    for keep in keeps:
+        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or (
+                isinstance(keep, float) and not 0.0 < keep < 1.0) or (
+                isinstance(keep, int) and keep < 1):
+            raise ValueError("keeps must be token counts (integers >= 1) or fractions (floats "
+                             f"in (0, 1)), got {keep!r}")
+    if len({isinstance(k, float) for k in keeps}) > 1:
+        raise ValueError(f"keeps must be all token counts or all fractions, got {keeps}")
+    return keeps
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int, enabled: bool):
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            enabled = False
+    if not enabled:
+        yield _NoBar()
+        return
+    with tqdm(total=total, desc="answering", unit="answer") as bar:
+        yield bar
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        pass

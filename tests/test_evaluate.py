@@ -1,0 +1,227 @@
+"""The accuracy-comparison harness (greedyprune.evaluate) and its pytest helper: answer
+normalization and scoring, the JSONL reader, the comparison over a scripted answerer, and a
+real (tiny, random-weight) LLaVA through HFAnswerer."""
+import csv
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from greedyprune import evaluate
+from greedyprune.evaluate import Answer, Record, compare, normalize_answer, vqa_accuracy
+from greedyprune.testing import assert_agreement
+from greedyprune.testing import greedyprune_agreement  # noqa: F401  (the plugin's fixture, without installing)
+
+
+# --- normalization and scoring ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw, normalized", [
+    ("Two dogs.", "2 dogs"),
+    ("  A  Cat ", "cat"),
+    ("The T-shirt!", "t shirt"),
+    ("1,000", "1000"),
+    ("3.5 m", "3.5 m"),
+    ("Yes.", "yes"),
+    ("don't", "dont"),
+    ("None", "0"),
+    ("an apple, a pear", "apple pear"),
+    ("Red/white", "red white"),
+])
+def test_normalize_answer(raw, normalized):
+    assert normalize_answer(raw) == normalized
+
+
+def test_normalize_answer_wants_text():
+    with pytest.raises(TypeError, match="text must be a string"):
+        normalize_answer(3)
+
+
+def test_vqa_accuracy():
+    ten = ["2"] * 2 + ["two"] * 1 + ["3"] * 7
+    assert vqa_accuracy("Two", ten) == 1.0            # 3 matches after normalization
+    assert vqa_accuracy("2", ["2", "2"] + ["3"] * 8) == pytest.approx(2 / 3)
+    assert vqa_accuracy("4", ten) == 0.0
+    assert vqa_accuracy("the cat", ["Cat"]) == 1.0   # one reference: exact match
+    assert vqa_accuracy("cat", ["cat", "dog"]) == 0.5
+    assert vqa_accuracy("cat", "cat") == 1.0
+    with pytest.raises(ValueError, match="at least one"):
+        vqa_accuracy("cat", [])
+
+
+# --- records ----------------------------------------------------------------------------------
+
+
+def write_cases(folder, cases):
+    Image.new("RGB", (32, 32), (90, 120, 200)).save(folder / "blue.png")
+    path = folder / "cases.jsonl"
+    path.write_text("\n".join(json.dumps(c) for c in cases) + "\n\n")
+    return path
+
+
+def test_load_records(tmp_path):
+    path = write_cases(tmp_path, [
+        {"image": "blue.png", "question": "Color?", "answers": ["blue", "Blue"]},
+        {"image": str(tmp_path / "blue.png"), "question": "Shape?", "answer": "square", "id": "q2"},
+        {"image": "blue.png", "question": "Size?"},
+    ])
+    records = evaluate.load_records(path)
+    assert [r.id for r in records] == ["1", "q2", "3"]
+    assert records[0].image == str(tmp_path / "blue.png")
+    assert records[1].answers == ["square"] and records[2].answers is None
+    assert len(evaluate.load_records(path, limit=2)) == 2
+
+
+@pytest.mark.parametrize("line, words", [
+    ('{"image": "blue.png"}', "missing question"),
+    ('{"image": "nope.png", "question": "q"}', "does not exist"),
+    ('{"image": "blue.png", "question": "q", "answers": []}', "answers must be"),
+    ("[1, 2]", "JSON object"),
+    ("{oops", "not valid JSON"),
+])
+def test_load_records_names_the_bad_line(tmp_path, line, words):
+    path = write_cases(tmp_path, [{"image": "blue.png", "question": "ok"}])
+    path.write_text(path.read_text() + line + "\n")
+    with pytest.raises(ValueError, match=f"cases.jsonl:3: .*{words}"):
+        evaluate.load_records(path)
+
+
+# --- the comparison, with a scripted answerer --------------------------------------------------
+
+
+class Scripted:
+    """Answers "blue" unpruned; under pruning, "blue" when keep >= 32, else "green" (random)
+    or "blue" (other methods). Prefill time shrinks with the budget."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, image, question, method, keep):
+        self.calls.append((method, keep))
+        assert isinstance(image, Image.Image)
+        if method is None:
+            return Answer("Blue.", 0.100, 64, 64)
+        text = "green" if (method == "random" and keep < 32) else "blue"
+        return Answer(text, 0.100 * keep / 64, 64, keep)
+
+
+def cases():
+    image = Image.new("RGB", (8, 8))
+    return [Record(image, "Color?", ["blue"] * 3, id="a"),
+            {"image": image, "question": "Color again?", "answers": ["green"]},
+            Record(image, "Anything?")]
+
+
+def test_compare_answers_every_configuration_and_summarizes():
+    answerer = Scripted()
+    report = compare(answerer, cases(), ["greedyprune", "random"], [16, 32], progress=False)
+    assert len(answerer.calls) == 3 * (1 + 2 * 2)
+    assert answerer.calls[:5] == [(None, None), ("greedyprune", 16), ("greedyprune", 32),
+                                  ("random", 16), ("random", 32)]
+    rows = {(r["method"], r["keep"]): r for r in report.rows}
+    assert list(rows)[0] == ("unpruned", "all")
+    assert rows[("unpruned", "all")]["agreement"] == 1.0
+    assert rows[("unpruned", "all")]["accuracy"] == pytest.approx(0.5)   # 2 scored cases
+    assert rows[("random", 16)]["agreement"] == 0.0
+    assert rows[("random", 16)]["accuracy"] == pytest.approx(0.5)
+    assert rows[("greedyprune", 16)]["agreement"] == 1.0
+    assert rows[("greedyprune", 16)]["speedup"] == pytest.approx(4.0)
+    assert rows[("greedyprune", 32)]["tokens_after"] == 32
+    assert report.agreement("random", 32) == 1.0
+    with pytest.raises(KeyError):
+        report.agreement("random", 8)
+
+
+def test_tables_and_files(tmp_path):
+    report = compare(Scripted(), cases(), ["greedyprune", "random"], [16, 32], progress=False,
+                     model="scripted")
+    markdown = report.table()
+    assert markdown.splitlines()[0].startswith("| method | keep |")
+    assert "| random | 16 | 3 | 0.500 | 0.000 | 25.0 | 4.00x | 64 | 16 |" in markdown
+    rows = list(csv.DictReader(io.StringIO(report.table("csv"))))
+    assert len(rows) == 5 and rows[0]["method"] == "unpruned"
+    answers = list(csv.DictReader(io.StringIO(report.results_csv())))
+    assert len(answers) == 15 and {"record", "answer", "agrees"} <= set(answers[0])
+    paths = report.save(tmp_path / "out")
+    assert set(paths) == {"summary.md", "summary.csv", "answers.csv", "plot.png"}
+    with Image.open(paths["plot.png"]) as plot:
+        assert plot.format == "PNG" and plot.width > 300
+    report.plot(tmp_path / "agreement.png", metric="agreement")
+    with pytest.raises(ValueError, match="metric"):
+        report.plot(tmp_path / "x.png", metric="speed")
+    with pytest.raises(ValueError, match="fmt"):
+        report.table("html")
+
+
+def test_progress_bar_goes_to_stderr(capsys):
+    compare(Scripted(), cases()[:1], ["random"], [16], progress=True)
+    assert "answering" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    (dict(methods=["fastv"]), ValueError, "unknown method 'fastv'"),
+    (dict(keeps=[0]), ValueError, "keeps must be"),
+    (dict(keeps=[1.5]), ValueError, "keeps must be"),
+    (dict(keeps=[16, 0.5]), ValueError, "not mixed|all token counts or all fractions"),
+    (dict(keeps=[]), ValueError, "at least one budget"),
+    (dict(records=[]), ValueError, "at least one case"),
+])
+def test_compare_checks_arguments_before_answering(kwargs, error, words):
+    answerer = Scripted()
+    args = dict(records=cases(), methods=["greedyprune"], keeps=[16])
+    args.update(kwargs)
+    with pytest.raises(error, match=words):
+        compare(answerer, args.pop("records"), progress=False, **args)
+    assert answerer.calls == []
+
+
+def test_assert_agreement_passes_and_fails_with_the_changed_cases():
+    report = assert_agreement(Scripted(), cases(), method="greedyprune", keep=16, at_least=1.0)
+    assert report.agreement("greedyprune", 16) == 1.0
+    with pytest.raises(AssertionError, match=r"random at keep=16 agrees .* on 0\.0% of 3 cases"
+                                             r"(.|\n)*case a: unpruned 'Blue.', pruned 'green'"):
+        assert_agreement(Scripted(), cases(), method="random", keep=16, at_least=0.5)
+    with pytest.raises(ValueError, match="at_least"):
+        assert_agreement(Scripted(), cases(), at_least=2)
+
+
+def test_fixture_is_the_helper(greedyprune_agreement):
+    assert greedyprune_agreement is assert_agreement
+
+
+# --- a real model: tiny random-weight LLaVA through HFAnswerer ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_llava():
+    pytest.importorskip("transformers")
+    from greedyprune import demo
+
+    return demo.random_llava("tiny"), demo.random_llava_processor()
+
+
+def test_hf_answerer_unpruned_and_pruned(tiny_llava):
+    model, processor = tiny_llava
+    answerer = evaluate.HFAnswerer(model, processor, max_new_tokens=4)
+    image = Image.new("RGB", (50, 40), (200, 30, 30))
+    full = answerer(image, "What color?")
+    assert full.tokens_before == full.tokens_after == 576 and full.prefill_seconds > 0
+    pruned = answerer(image, "What color?", "greedyprune", 16)
+    assert (pruned.tokens_before, pruned.tokens_after) == (576, 16)
+    assert isinstance(pruned.text, str)
+    ratio = answerer(image, "What color?", "uniform", 0.25)
+    assert ratio.tokens_after == 144
+    # Keeping every token is no pruning at all: the answer cannot change.
+    assert answerer(image, "What color?", "random", 576).text == full.text
+    from greedyprune.hf._handle import ATTRIBUTE
+
+    assert getattr(model.model, ATTRIBUTE, None) is None  # detached after each answer
+    assert answerer(image, "What color?").text == full.text
+
+
+def test_assert_agreement_on_a_model(tiny_llava):
+    model, processor = tiny_llava
+    image = Image.new("RGB", (40, 40), (20, 160, 30))
+    assert_agreement(evaluate.HFAnswerer(model, processor, max_new_tokens=3),
+                     [{"image": image, "question": "Color?"}], keep=576, at_least=1.0)
