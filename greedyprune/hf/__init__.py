@@ -1,0 +1,166 @@
+"""Visual-token pruning inside HuggingFace transformers vision-language models, through hooks.
+
+::
+
+    from greedyprune.hf import attach
+
+    handle = attach(model, keep=64)          # or keep_ratio=0.111; lam, saliency, method, seed
+    out = model.generate(**inputs)           # called exactly as before
+    handle.last                              # per image: tokens before/after, kept indices, time
+    handle.detach()                          # the model is exactly as before
+
+    with attach(model, keep=64):             # the same, scoped
+        ...
+
+``handle.last`` lists one :class:`ImageRecord` per image of the last pruned prefill: its batch
+row, tokens before and after, the kept tokens as indices into the image's own placeholder run
+and as positions in the row, the selection time, and a :class:`PatchGrid` that maps each
+placeholder token to a patch of the image (LLaVA: one ``side × side`` grid; LLaVA-NeXT: the base
+grid plus the crop grid, best-fit canvas and unpadded high-resolution rows, newlines marked).
+``handle.last_prefill`` (:class:`PrefillRecord`) adds the sequence lengths, where each position
+of the pruned sequence came from, and the hook's time by stage.
+
+Supported: ``LlavaForConditionalGeneration`` and ``LlavaNextForConditionalGeneration``, and
+their inner ``LlavaModel`` / ``LlavaNextModel`` (the list comes from the table in
+:mod:`greedyprune.hf._archs`; :func:`supported_models` returns it).
+
+What happens (SPEC.md §5):
+
+- Pruning happens after the model merged the image features into ``inputs_embeds`` and before
+  the first decoder layer, so every decoder layer and the KV cache see only the kept tokens.
+  The features for diversity are the visual tokens' input embeddings (the projector output).
+- Saliency: ``"text"`` (cosine to the mean embedding of the row's text tokens), ``"cls"`` (the
+  vision tower's [CLS]-to-patch attention at the feature layer, averaged over heads, computed
+  from that layer's q/k projections in a hook: no eager attention, no attention maps), or
+  ``"none"``. The selector is looked up by ``method`` in :mod:`greedyprune.methods`.
+- The budget is per image: ``keep`` tokens (an image with fewer keeps all of them) or
+  ``ceil(keep_ratio · n)``. Text tokens are never pruned. Several images per prompt, and
+  left-padded batches whose rows hold different numbers of images, are supported; rows that
+  lose different numbers of tokens are re-left-padded to a common length.
+- Kept tokens keep their original position ids and decoding continues from the unpruned
+  numbering. The hook owns the attention mask for the whole request: it stores the pruned mask
+  at the prefill and, at each decode step on that cache, replaces the full-length mask that
+  ``generate()`` passes by the stored one extended by the new tokens. Works with the ``sdpa``
+  and ``eager`` attention implementations.
+- LLaVA-NeXT newline tokens: the ``image_newline`` token that ends each row of the unpadded
+  high-resolution grid is never a candidate and does not count against the budget. It is kept
+  exactly when at least one token of its row is kept, and dropped with its row otherwise. The
+  reasons: it is the same learned vector everywhere, so a diversity rule would keep at most one
+  of them and text saliency ranks them all alike, yet it is the model's only cue for the 2-D
+  layout of the rows that remain; a row with nothing left needs no end marker. The base-image
+  tokens that precede the grid have no newline. Newlines are recognized by value (exact copies
+  of ``image_newline``) and the crop layout is confirmed against the projector's output, so
+  this works when ``generate()`` encodes the images ahead of the prefill (dropping
+  ``image_sizes``) as well as in a plain forward.
+- Refused with a clear error rather than answered wrongly: static or compilable caches,
+  ``torch.compile``, several new tokens on a pruned cache (assisted decoding, prompt lookup,
+  chunked prefill, continuing from a pruned ``past_key_values``), images in a call that
+  continues from a cache, prepared 4-D masks, ``labels`` (the logits cover the pruned
+  sequence; ``handle.last_prefill.source_positions`` maps them back).
+- Without a cache (``use_cache=False``) every forward is a prefill and is pruned afresh.
+- Sliding-window attention, where a text model has it, counts kept tokens.
+
+torch and transformers are imported only when :func:`attach` runs: ``import greedyprune.hf``
+costs nothing without them.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import List, Optional
+
+from ._records import ImageRecord, PatchGrid, PrefillRecord
+
+SALIENCY = ("text", "cls", "none")
+
+__all__ = ["attach", "supported_models", "PruneHandle", "ImageRecord", "PatchGrid",
+           "PrefillRecord", "SALIENCY"]
+
+
+def attach(model, keep: Optional[int] = None, *, keep_ratio: Optional[float] = None,
+           lam: float = 0.5, saliency: str = "text", method: str = "greedyprune",
+           seed: int = 0):
+    """Prune visual tokens in every forward and ``generate()`` call of ``model``.
+
+    Parameters
+    ----------
+    model : a supported transformers model (see :func:`supported_models`), top-level or inner.
+    keep : int, optional
+        Visual tokens kept per image (>= 1). Exactly one of ``keep`` and ``keep_ratio``.
+    keep_ratio : float, optional
+        Fraction of each image's tokens kept, in (0, 1]; rounded up, at least one token.
+    lam : float
+        Weight of saliency against diversity, in [0, 1] (SPEC.md §1).
+    saliency : {"text", "cls", "none"}
+    method : str
+        A selector name from :func:`greedyprune.methods.names` ("greedyprune" by default).
+    seed : int
+        Passed to the selector (used by "random").
+
+    Returns
+    -------
+    PruneHandle
+        With ``last``, ``last_prefill``, ``detach()``; usable as a context manager. Attaching
+        to a model that already has a handle warns and replaces it.
+    """
+    from .. import _validate, methods
+
+    keep, keep_ratio = _check_budget(keep, keep_ratio)
+    lam = _validate.check_lam(lam)
+    if not isinstance(saliency, str) or saliency not in SALIENCY:
+        raise ValueError(f"saliency must be one of {', '.join(map(repr, SALIENCY))}, "
+                         f"got {saliency!r}")
+    selector = methods.get(method)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+
+    from . import _archs
+    from ._handle import ATTRIBUTE, PruneHandle
+
+    spec, is_top = _archs.find(model)
+    if saliency == "cls" and spec.cls_probe is None:
+        raise ValueError(f"saliency='cls' needs a vision tower with a [CLS] token, which "
+                         f"{spec.name} does not have: use saliency='text' or 'none'")
+    inner = spec.inner(model) if is_top else model
+    previous = getattr(inner, ATTRIBUTE, None)
+    if previous is not None:
+        warnings.warn(f"{type(model).__name__} already has greedyprune.hf attached "
+                      f"({previous!r}); replacing it", RuntimeWarning, stacklevel=2)
+        previous.detach()
+    return PruneHandle(model, spec, is_top, keep=keep, keep_ratio=keep_ratio, lam=lam,
+                       saliency=saliency, method=method, seed=int(seed), selector=selector)
+
+
+def supported_models() -> List[str]:
+    """Class names :func:`attach` accepts."""
+    from ._archs import supported_classes
+
+    return supported_classes()
+
+
+def _check_budget(keep, keep_ratio):
+    if (keep is None) == (keep_ratio is None):
+        raise ValueError("give exactly one of keep (tokens per image) and keep_ratio "
+                         f"(fraction per image); got keep={keep!r}, keep_ratio={keep_ratio!r}")
+    if keep is not None:
+        if isinstance(keep, bool) or not isinstance(keep, numbers.Integral):
+            raise TypeError(f"keep must be a positive integer, got {type(keep).__name__}")
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1 (tokens kept per image), got {keep}")
+        return int(keep), None
+    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, numbers.Real):
+        raise TypeError(f"keep_ratio must be a number in (0, 1], got {type(keep_ratio).__name__}")
+    keep_ratio = float(keep_ratio)
+    if math.isnan(keep_ratio) or not 0.0 < keep_ratio <= 1.0:
+        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+    return None, keep_ratio
+
+
+def __getattr__(name):
+    # PruneHandle lives with the hooks, which import torch: load it only when asked for.
+    if name == "PruneHandle":
+        from ._handle import PruneHandle
+
+        return PruneHandle
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

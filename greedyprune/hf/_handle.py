@@ -1,0 +1,498 @@
+"""The hook object behind ``greedyprune.hf.attach``: its lifecycle and the per-request state.
+
+Hooks, all PyTorch handles (nothing in the model is replaced or edited):
+
+- a forward pre-hook on the *inner* model (the module that merges visual features into the
+  embeddings) notes the call: its ``input_ids`` (where the placeholder tokens are), and the
+  inputs the architecture's ``units`` need (``pixel_values``, ``image_sizes``, ...); a forward
+  hook clears the note when the call ends, however it ends;
+- a forward pre-hook on the *decoder* (the language model) does the work. At a prefill (empty
+  cache) it plans the pruning and rewrites the decoder's keyword arguments: shorter
+  ``inputs_embeds``, gathered ``position_ids`` (kept tokens keep their original positions), a
+  2-D ``attention_mask`` for the re-left-padded rows. At a decode step on a cache it filled, it
+  replaces the incoming mask (which generate() keeps at the unpruned length) by the stored
+  pruned mask plus ones for the tokens generated since; a forward hook on the decoder files
+  the stored mask under the cache object the prefill filled;
+- hooks on the vision tower (and, where the table names one, the projector) record what the
+  prefill needs to know about the images: with ``saliency="cls"``, a pre-hook on the tower's
+  attention at the feature layer computes the [CLS] row (see
+  :func:`greedyprune.hf._prune.cls_attention`); the projector hook keeps a few feature
+  dimensions of every crop token, to confirm layouts. Records are filed under the tower's
+  output object, because ``generate()`` encodes images before the prefill and passes that
+  object back in as ``mm_encoder_outputs``;
+- on a top-level model, a pre-hook that refuses ``labels`` (the logits come out pruned).
+"""
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from . import _archs, _prune
+from ._records import ImageRecord, PrefillRecord
+
+#: Attribute set on the inner model while a handle is attached (for "attached twice").
+ATTRIBUTE = "_greedyprune_handle"
+
+
+#: Feature dimensions of the projector output recorded per token (see ``_VisionRun``).
+FINGERPRINT_DIMS = 4
+
+
+@dataclass
+class _VisionRun:
+    """What the vision hooks recorded during one run of the vision tower.
+
+    Tied to the tower's output object, which ``get_image_features`` returns (with the projected
+    features as its ``pooler_output``): that object reaches the prefill either inside the same
+    forward or, under ``generate()``, as ``mm_encoder_outputs``.
+    """
+
+    output: Any = None                         # weakref to the tower's output object
+    tower_kwargs: Dict[str, Any] = field(default_factory=dict)  # small arguments of the call
+    cls_rows: List[torch.Tensor] = field(default_factory=list)
+    cls_seconds: float = 0.0
+    fingerprint: Optional[torch.Tensor] = None  # (crops, tokens, FINGERPRINT_DIMS) on the CPU
+    fingerprint_dims: Optional[torch.Tensor] = None
+
+
+@dataclass
+class _Call:
+    """One call of the inner model, noted by its pre-hook for the decoder pre-hook."""
+
+    inputs: Dict[str, Any]
+    placeholder_masks: Dict[str, torch.Tensor]
+    has_media: bool
+    runs: List[_VisionRun] = field(default_factory=list)  # vision runs inside this call
+
+
+@dataclass
+class _Request:
+    """What decode steps on a pruned cache need from its prefill."""
+
+    mask: torch.Tensor       # (B, L') pruned 2-D mask, as given to the decoder at the prefill
+    unpruned_length: int     # L: the prefill's sequence length before pruning
+    pruned_length: int       # L'
+    per_token: Dict[str, torch.Tensor] = field(default_factory=dict)  # ArchSpec.mask_inputs
+
+
+class PruneHandle:
+    """Visual-token pruning attached to one model; see :func:`greedyprune.hf.attach`.
+
+    ``last`` lists what the last pruned prefill did per image (:class:`ImageRecord`);
+    ``last_prefill`` holds the same plus sequence-level bookkeeping and timings
+    (:class:`PrefillRecord`). ``detach()`` (or leaving a ``with`` block) restores the model.
+    """
+
+    def __init__(self, model, spec: _archs.ArchSpec, is_top: bool, *, keep, keep_ratio, lam,
+                 saliency, method, seed, selector):
+        self.model = model
+        self.arch = spec.name
+        self.keep = keep
+        self.keep_ratio = keep_ratio
+        self.lam = lam
+        self.saliency = saliency
+        self.method = method
+        self.seed = seed
+        self.last_prefill: Optional[PrefillRecord] = None
+        self._spec = spec
+        self._selector = selector
+        self._inner = spec.inner(model) if is_top else model
+        self._decoder = spec.decoder(self._inner)
+        self._call: Optional[_Call] = None
+        self._run: Optional[_VisionRun] = None   # the latest vision run (the projector follows it)
+        self._runs: Dict[int, tuple] = {}         # id(tower output) -> (weakref, _VisionRun)
+        self._pending_request: Optional[_Request] = None
+        self._requests: Dict[int, tuple] = {}
+        self._handles: List[Any] = []
+        self._attached = False
+        self._cls_module = spec.cls_probe(self._inner, {}) if saliency == "cls" else None
+        self._attach(model if is_top else None)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def _attach(self, top) -> None:
+        inner, decoder = self._inner, self._decoder
+        self._handles = [
+            inner.register_forward_pre_hook(self._before_model, with_kwargs=True),
+            inner.register_forward_hook(self._after_model, with_kwargs=True, always_call=True),
+            decoder.register_forward_pre_hook(self._before_decoder, with_kwargs=True),
+            decoder.register_forward_hook(self._after_decoder, with_kwargs=True, always_call=True),
+        ]
+        spec = self._spec
+        if spec.vision_tower is not None:
+            tower = spec.vision_tower(inner)
+            self._handles += [
+                tower.register_forward_pre_hook(self._before_vision, with_kwargs=True),
+                tower.register_forward_hook(self._after_vision),
+            ]
+        if spec.projector is not None:
+            self._handles.append(spec.projector(inner).register_forward_hook(self._after_projector))
+        if self._cls_module is not None:
+            self._handles.append(
+                self._cls_module.register_forward_pre_hook(self._before_cls_attention,
+                                                           with_kwargs=True))
+        if top is not None:
+            self._handles.append(top.register_forward_pre_hook(self._before_top, with_kwargs=True))
+        setattr(inner, ATTRIBUTE, self)
+        self._attached = True
+
+    def detach(self) -> None:
+        """Remove every hook and attribute; the model is exactly as before ``attach``."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if getattr(self._inner, ATTRIBUTE, None) is self:
+            delattr(self._inner, ATTRIBUTE)
+        self._call = None
+        self._run = None
+        self._runs.clear()
+        self._pending_request = None
+        self._requests.clear()
+        self._attached = False
+
+    @property
+    def attached(self) -> bool:
+        return self._attached
+
+    def __enter__(self) -> "PruneHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    @property
+    def last(self) -> List[ImageRecord]:
+        """Per image, what the last pruned prefill did (empty before the first one)."""
+        return list(self.last_prefill.images) if self.last_prefill is not None else []
+
+    def __repr__(self) -> str:
+        budget = f"keep={self.keep}" if self.keep is not None else f"keep_ratio={self.keep_ratio}"
+        return (f"PruneHandle(model={type(self.model).__name__}, arch={self.arch!r}, {budget}, "
+                f"lam={self.lam}, saliency={self.saliency!r}, method={self.method!r}, "
+                f"seed={self.seed}, attached={self._attached})")
+
+    # --- hooks ----------------------------------------------------------------------------------
+
+    def _before_top(self, module, args, kwargs):
+        if kwargs.get("labels") is not None:
+            raise ValueError(
+                "labels are not supported while greedyprune.hf is attached: the logits cover the "
+                "pruned sequence (see handle.last_prefill.source_positions); detach to compute "
+                "a loss on the full sequence"
+            )
+        return None
+
+    def _before_model(self, module, args, kwargs):
+        if torch.compiler.is_compiling():
+            raise RuntimeError("greedyprune.hf hooks cannot run inside torch.compile; "
+                               "compile the model without attaching, or attach without compiling")
+        cache = _cache_of(kwargs)
+        if getattr(cache, "is_compileable", False):
+            raise ValueError(
+                f"greedyprune.hf does not support {type(cache).__name__} (a static or compilable "
+                "cache writes at unpruned positions); use the default dynamic cache"
+            )
+        layer = kwargs.get("vision_feature_layer")
+        if self._cls_module is not None and layer is not None and layer != getattr(
+                module.config, "vision_feature_layer", layer):
+            raise ValueError(
+                f"saliency='cls' reads the [CLS] attention at the configured vision_feature_layer "
+                f"({module.config.vision_feature_layer}); this call asks for {layer!r}: attach "
+                "again after changing config.vision_feature_layer, or use saliency='text'")
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        encoded = kwargs.get("mm_encoder_outputs") or {}
+        masks = {}
+        for media in self._spec.media:
+            if kwargs.get(media.pixel_key) is None and encoded.get(media.encoder_key) is None:
+                continue
+            token_id = media.token_id(module.config)
+            if input_ids is not None:
+                masks[media.name] = input_ids == token_id
+            elif embeds is not None:
+                # Without input_ids the model itself finds placeholders by their embedding.
+                target = module.get_input_embeddings().weight[token_id].to(embeds)
+                masks[media.name] = (embeds == target).all(-1)
+        has_media = any(bool(mask.any()) for mask in masks.values())
+        self._call = _Call(
+            inputs={name: kwargs.get(name)
+                    for name in (*self._spec.call_inputs, *self._spec.mask_inputs,
+                                 *(("attention_mask",) if self._spec.decoder_mask else ()))},
+            placeholder_masks=masks, has_media=has_media,
+        )
+        return None
+
+    def _after_model(self, module, args, kwargs, output):
+        self._call = None
+        return None
+
+    def _before_vision(self, module, args, kwargs):
+        # Small keyword arguments only (Qwen2-VL's grid_thw, say): generate() drops them from
+        # the model's inputs once it has encoded the images, yet layouts may need them.
+        small = {name: value for name, value in kwargs.items()
+                 if not isinstance(value, torch.Tensor) or value.numel() <= 4096}
+        self._run = _VisionRun(tower_kwargs=small)
+        return None
+
+    def _after_vision(self, module, args, output):
+        run = self._run
+        if run is None:
+            return None
+        try:
+            run.output = weakref.ref(output)
+        except TypeError:  # a tuple (return_dict=False): nothing to file the records under
+            return None
+        for key in [k for k, (ref, _) in self._runs.items() if ref() is None]:
+            del self._runs[key]
+        self._runs[id(output)] = (run.output, run)
+        if self._call is not None:
+            self._call.runs.append(run)
+        return None
+
+    def _after_projector(self, module, args, output):
+        run = self._run
+        if run is None or run.fingerprint is not None or not isinstance(output, torch.Tensor):
+            return None
+        # A few fixed feature dimensions of every crop token: enough to confirm, exactly, which
+        # crop and patch each packed token came from (see llava_next_units).
+        dims = torch.linspace(0, output.shape[-1] - 1, FINGERPRINT_DIMS).round().long()
+        run.fingerprint_dims = dims
+        run.fingerprint = output.detach()[..., dims.to(output.device)].cpu()
+        return None
+
+    def _before_cls_attention(self, module, args, kwargs):
+        run = self._run
+        if run is None:
+            return None
+        start = time.perf_counter()
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        with torch.no_grad():
+            run.cls_rows.append(_prune.cls_attention(module, hidden))
+        run.cls_seconds += time.perf_counter() - start
+        return None
+
+    def _before_decoder(self, module, args, kwargs):
+        call = self._call
+        embeds = kwargs.get("inputs_embeds")
+        if call is None or embeds is None:
+            return None  # not reached through the model's own forward: leave it alone
+        cache = _cache_of(kwargs)
+        past = _prune.cache_length(cache)
+        if past > 0:
+            return self._decode_step(args, kwargs, cache, past, call)
+        if not call.has_media:
+            self.last_prefill = None  # this prefill pruned nothing
+            return None
+        return args, self._prefill(kwargs, call)
+
+    def _after_decoder(self, module, args, kwargs, output):
+        request, self._pending_request = self._pending_request, None
+        if request is None:
+            return None
+        cache = _cache_of(kwargs)
+        if cache is None:
+            cache = getattr(output, "cache", None)
+        if cache is None:
+            cache = getattr(output, "past_key_values", None)
+        if cache is not None:
+            for key in [k for k, (ref, _) in self._requests.items() if ref() is None]:
+                del self._requests[key]
+            self._requests[id(cache)] = (weakref.ref(cache), request)
+        return None
+
+    # --- the two kinds of decoder call ----------------------------------------------------------
+
+    def _prefill(self, kwargs: Dict[str, Any], call: _Call) -> Dict[str, Any]:
+        spec = self._spec
+        embeds = kwargs["inputs_embeds"]
+        batch, length = embeds.shape[:2]
+        valid = self._padding_mask(kwargs, call, batch, length, embeds.device)
+
+        units, placeholders = [], torch.zeros(batch, length, dtype=torch.bool, device=embeds.device)
+        runs_in_call = list(call.runs)
+        cls_rows, cls_seconds = [], 0.0
+        for media in spec.media:
+            if media.name not in call.placeholder_masks:
+                continue
+            mask = call.placeholder_masks[media.name].to(embeds.device)
+            placeholders |= mask
+            total = int(mask.sum())
+            if not total:
+                continue
+            output, run = self._encoder_output(call, media, runs_in_call)
+            context = _archs.UnitsContext(self._inner, call.inputs, total, output, run)
+            media_units = _prune.locate_units(media.name, mask, media.units(context))
+            if self.saliency == "cls":
+                if run is None or not run.cls_rows:
+                    raise ValueError(
+                        "saliency='cls' needs the [CLS] attention recorded while the vision "
+                        "tower encoded these images; this call's image features came from "
+                        "elsewhere (mm_encoder_outputs computed with the hooks detached?)")
+                # Each unit's vision_index counts crops from the start of its own run.
+                offset = sum(int(rows.numel()) for rows in cls_rows)
+                for unit in media_units:
+                    if unit.layout.vision_index is None:
+                        raise ValueError(
+                            f"saliency='cls': could not map the tokens of {media.name} "
+                            f"{unit.index} to vision-tower positions; use 'text' or 'none'")
+                    unit.vision_offset = offset
+                cls_rows += [rows.reshape(-1) for rows in run.cls_rows]
+                cls_seconds += run.cls_seconds
+            units += media_units
+
+        # Choosing needs no gradient; the gathers below keep it (pruning while fine-tuning).
+        with torch.no_grad():
+            plan = _prune.plan_prefill(
+                embeds, valid, units, placeholders, saliency=self.saliency,
+                cls_rows=torch.cat(cls_rows) if cls_rows else None,
+                selector=self._selector, keep=self.keep, keep_ratio=self.keep_ratio,
+                lam=self.lam, seed=self.seed,
+            )
+
+        start = time.perf_counter()
+        compaction = _prune.compact(plan.keep)
+        new = dict(kwargs)
+        new["inputs_embeds"] = _prune.gather_tokens(embeds, compaction)
+        positions = kwargs.get("position_ids")
+        if positions is None:  # what the decoder would compute for an empty cache
+            positions = torch.arange(length, device=embeds.device)[None]
+        new["position_ids"] = _prune.gather_last(positions, compaction)
+        for name in self._per_token_kwargs(kwargs, batch, length):
+            new[name] = _prune.gather_last(kwargs[name], compaction)
+        incoming = kwargs.get("attention_mask")
+        mask_dtype = incoming.dtype if _is_2d_mask(incoming) else torch.long
+        mask = (~compaction.padding).to(mask_dtype)
+        per_token = {name: _prune.gather_last(call.inputs[name].to(embeds.device), compaction)
+                     for name in spec.mask_inputs if call.inputs.get(name) is not None}
+        new["attention_mask"] = self._decoder_mask(mask, new, per_token)
+        gather_seconds = time.perf_counter() - start
+
+        seconds = dict(plan.seconds)
+        seconds["gather"] = seconds.get("gather", 0.0) + gather_seconds
+        if self.saliency == "cls":
+            seconds["cls"] = cls_seconds
+        source = torch.where(compaction.padding, -1, compaction.source).detach()
+        self.last_prefill = PrefillRecord(
+            images=tuple(plan.records), seq_len_before=length, seq_len_after=compaction.length,
+            source_positions=source.cpu().numpy(), seconds=seconds,
+        )
+        self._pending_request = _Request(mask, length, compaction.length, per_token)
+        return new
+
+    def _decode_step(self, args, kwargs, cache, past: int, call: _Call):
+        entry = self._requests.get(id(cache))
+        request = entry[1] if entry is not None and entry[0]() is cache else None
+        if request is None:
+            if call.has_media:
+                raise ValueError(
+                    "greedyprune.hf cannot prune images in a call that continues from "
+                    "past_key_values; start from an empty cache (or detach)"
+                )
+            return None  # a cache this handle never pruned: nothing to correct
+        embeds = kwargs["inputs_embeds"]
+        batch, steps = embeds.shape[:2]
+        if call.has_media or steps != 1:
+            raise ValueError(
+                "greedyprune.hf decodes one new token per step on a pruned cache; got "
+                f"{steps} new tokens{' with images' if call.has_media else ''} (assisted "
+                "decoding, prompt lookup, chunked prefill and continuing a conversation from a "
+                "pruned past_key_values are not supported on a pruned cache)"
+            )
+        if past < request.pruned_length or batch != request.mask.shape[0]:
+            raise ValueError(
+                f"the pruned cache was cropped or reordered (it holds {past} tokens of batch "
+                f"{batch}; the pruned prefill left {request.pruned_length} of batch "
+                f"{request.mask.shape[0]}): assisted decoding and prompt lookup are not "
+                "supported on a pruned cache"
+            )
+        generated = past - request.pruned_length + steps   # tokens after the prefill, this one included
+        incoming = kwargs.get("attention_mask")
+        if _is_2d_mask(incoming) and incoming.shape[1] == request.unpruned_length + generated:
+            tail = incoming[:, request.unpruned_length:].to(request.mask)
+        elif incoming is None or _is_2d_mask(incoming) or self._spec.decoder_mask is not None:
+            tail = request.mask.new_ones(batch, generated)
+        else:
+            raise ValueError("greedyprune.hf needs a 2-D attention_mask during decoding, "
+                             f"got shape {tuple(incoming.shape)}")
+        new = dict(kwargs)
+        mask = torch.cat([request.mask, tail], dim=1)
+        for name, stored in request.per_token.items():
+            value = call.inputs.get(name)
+            step = (value[..., -steps:].to(stored) if isinstance(value, torch.Tensor)
+                    else stored.new_zeros(*stored.shape[:-1], steps))
+            missing = past - stored.shape[-1]  # steps that passed no value: zeros
+            if missing > 0:
+                stored = torch.cat([stored, stored.new_zeros(*stored.shape[:-1], missing)], -1)
+            request.per_token[name] = torch.cat([stored[..., :past], step], -1)
+        new["attention_mask"] = self._decoder_mask(mask, new, request.per_token)
+        if kwargs.get("position_ids") is None:
+            # The unpruned model would number this token after its full-length cache.
+            offset = request.unpruned_length - request.pruned_length
+            new["position_ids"] = torch.arange(past + offset, past + offset + steps,
+                                               device=embeds.device)[None]
+        return args, new
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _encoder_output(self, call: _Call, media, runs_in_call: List[_VisionRun]):
+        """The vision encoder's output object for ``media`` in this call, and its run."""
+        encoded = (call.inputs.get("mm_encoder_outputs") or {}).get(media.encoder_key)
+        if encoded is not None:
+            entry = self._runs.get(id(encoded))
+            run = entry[1] if entry is not None and entry[0]() is encoded else None
+            return encoded, run
+        if runs_in_call:
+            # The encoder ran inside this forward: media consume the runs in table order (the
+            # order in which the inner forwards encode them).
+            run = runs_in_call.pop(0)
+            return run.output(), run
+        return None, None
+
+    def _padding_mask(self, kwargs, call: _Call, batch: int, length: int, device) -> torch.Tensor:
+        incoming = kwargs.get("attention_mask")
+        if self._spec.decoder_mask is not None and not _is_2d_mask(incoming):
+            incoming = call.inputs.get("attention_mask")
+        if incoming is None:
+            return torch.ones(batch, length, dtype=torch.bool, device=device)
+        if not _is_2d_mask(incoming):
+            raise ValueError(
+                "greedyprune.hf needs a 2-D attention_mask (batch, sequence) to prune; got "
+                f"{type(incoming).__name__} of shape {tuple(getattr(incoming, 'shape', ()))}"
+            )
+        if incoming.shape != (batch, length):
+            raise ValueError(f"attention_mask has shape {tuple(incoming.shape)}, expected "
+                             f"{(batch, length)}")
+        return incoming.to(device=device, dtype=torch.bool)
+
+    def _decoder_mask(self, mask: torch.Tensor, new_kwargs, per_token):
+        build = self._spec.decoder_mask
+        if build is None:
+            return mask
+        return build(self._inner, mask, new_kwargs, dict(per_token))
+
+    def _per_token_kwargs(self, kwargs, batch: int, length: int) -> List[str]:
+        """Decoder arguments to gather along with the tokens: the table's ``seq_kwargs``, and
+        any other tensor whose last axis is the sequence (``(..., B or 1, L)``, such as
+        ``mm_token_type_ids`` a user passes through to a decoder that ignores it): a per-token
+        value can only stay meaningful next to the shorter sequence if it is gathered too."""
+        names = [name for name in self._spec.seq_kwargs if kwargs.get(name) is not None]
+        for name, value in kwargs.items():
+            if (name not in names and name not in ("inputs_embeds", "position_ids",
+                                                   "attention_mask")
+                    and isinstance(value, torch.Tensor) and value.dim() >= 2
+                    and value.shape[-1] == length and value.shape[-2] in (1, batch)):
+                names.append(name)
+        return names
+
+
+def _cache_of(kwargs):
+    cache = kwargs.get("cache")
+    return cache if cache is not None else kwargs.get("past_key_values")
+
+
+def _is_2d_mask(mask) -> bool:
+    return isinstance(mask, torch.Tensor) and mask.dim() == 2

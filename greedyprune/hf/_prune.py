@@ -1,0 +1,280 @@
+"""The pruning step of greedyprune.hf on tensors: which tokens a prefill keeps, and the shorter
+inputs the decoder gets instead. No hooks and no model classes here (see ``_handle.py`` and
+``_archs.py``): plain functions from tensors to tensors, so each can be checked on its own.
+
+One prefill, for a batch of B rows of L tokens whose placeholder runs were located by
+:func:`locate_units`:
+
+1. Candidates: each image's placeholder tokens except its structural ones (LLaVA-NeXT newlines).
+2. Saliency per candidate (SPEC.md §5): ``"text"`` is the cosine between its input embedding
+   and the mean input embedding of its row's text tokens (not placeholders, not padding);
+   ``"cls"`` reads the [CLS]-attention rows captured in the vision tower; ``"none"`` is None.
+3. Budget ``k = min(keep, n)`` or ``ceil(keep_ratio · n)`` (at least 1) per image; images of
+   equal ``(n, k)`` go to the selector in one batched call (the C core runs them in parallel).
+4. Kept: every valid non-placeholder token, the selected candidates, and each structural token
+   whose group still has a selected token. Padding is dropped.
+5. Rows are re-left-padded to the longest kept row: ``gather_*`` build the decoder's inputs
+   with the kept tokens in their original order, keeping their original position ids.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ._archs import UnitLayout
+from ._records import ImageRecord
+
+
+def cache_length(cache) -> int:
+    """Tokens already in a transformers cache (0 for None)."""
+    return 0 if cache is None else int(cache.get_seq_length())
+
+
+def budget(n: int, keep: Optional[int], keep_ratio: Optional[float]) -> int:
+    """Tokens to keep out of ``n`` candidates; ``keep`` beyond ``n`` keeps them all."""
+    if keep is not None:
+        return min(keep, n)
+    # The small slack keeps e.g. 0.25 · 576 at 144 despite floating-point rounding upwards.
+    return max(1, min(n, math.ceil(keep_ratio * n - 1e-9)))
+
+
+@dataclass
+class LocatedUnit:
+    """One image's placeholder run, found in the batch."""
+
+    media: str
+    index: int            # order of the image among this media's units in the request
+    row: int
+    positions: np.ndarray  # (n_tokens,) sequence positions in the row
+    layout: UnitLayout
+    vision_offset: int = 0  # where this unit's vision run starts in the flat [CLS] rows
+
+
+def locate_units(media: str, mask: torch.Tensor, layouts: Sequence[UnitLayout]) -> List[LocatedUnit]:
+    """Assign the placeholder tokens of ``mask`` (B, L) to consecutive units, in row-major order
+    (the order in which the model's ``masked_scatter`` consumed the features)."""
+    rows, cols = (t.cpu().numpy() for t in mask.nonzero(as_tuple=True))
+    sizes = [layout.n_tokens for layout in layouts]
+    if sum(sizes) != len(rows):
+        raise ValueError(
+            f"{len(rows)} {media} placeholder tokens in the batch, but its {len(layouts)} "
+            f"{media}s account for {sum(sizes)}"
+        )
+    units, start = [], 0
+    for index, (layout, size) in enumerate(zip(layouts, sizes)):
+        stop = start + size
+        if size and rows[start] != rows[stop - 1]:
+            raise ValueError(f"the tokens of {media} {index} span more than one batch row")
+        units.append(LocatedUnit(media, index, int(rows[start]) if size else 0,
+                                 cols[start:stop], layout))
+        start = stop
+    return units
+
+
+@dataclass
+class PrefillPlan:
+    """What :func:`plan_prefill` decided: the (B, L) keep mask and the per-image records."""
+
+    keep: torch.Tensor
+    records: List[ImageRecord]
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+
+def text_anchor(embeds: torch.Tensor, valid: torch.Tensor, placeholders: torch.Tensor) -> torch.Tensor:
+    """Mean input embedding of each row's text tokens, float32 (B, D); zero for a row without
+    text (its saliency is then constant, i.e. ignored)."""
+    text = (valid & ~placeholders).to(embeds.dtype)
+    total = torch.bmm(text[:, None, :], embeds)[:, 0].float()
+    return total / text.sum(1, keepdim=True).float().clamp(min=1.0)
+
+
+def cls_attention(attention, hidden: torch.Tensor) -> torch.Tensor:
+    """Each sequence's [CLS]-to-all attention, averaged over heads: (batch, tokens), float32.
+
+    ``hidden`` is the attention module's input (the layer's first layer-norm output). Computes
+    ``softmax(q_cls · k_j / sqrt(d_head))`` without the keys: ``q_h · (W_h x_j + b_h)`` equals
+    ``(W_hᵀ q_h) · x_j`` plus a term constant in ``j``, which the softmax cancels. That is
+    O(T·D·H) per sequence instead of the O(T·D²) of the key projection, and works under any
+    attention backend (no eager attention, no attention maps).
+    """
+    heads, head_dim = int(attention.num_heads), int(attention.head_dim)
+    scale = float(getattr(attention, "scale", head_dim ** -0.5))
+    x = hidden.float()
+    query = attention.q_proj(hidden[:, 0]).float().view(-1, heads, head_dim)       # (S, H, d)
+    key_weight = attention.k_proj.weight.float().view(heads, head_dim, -1)         # (H, d, D)
+    probe = torch.einsum("shd,hdc->shc", query, key_weight)                        # (S, H, D)
+    scores = torch.einsum("stc,shc->sht", x, probe) * scale                        # (S, H, T)
+    return scores.softmax(dim=-1).mean(dim=1)
+
+
+def cosine_to_anchor(features: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """Cosine of each token (G, n, D) with its image's anchor (G, D), float32 (G, n). A matrix
+    product and two norms: no broadcast copy of the features, no float copy of half-precision
+    ones."""
+    dots = torch.bmm(features, anchor.to(features.dtype)[:, :, None])[..., 0].float()
+    norms = torch.linalg.vector_norm(features, dim=-1, dtype=torch.float32)
+    return dots / (norms * torch.linalg.vector_norm(anchor, dim=-1)[:, None]).clamp_min(1e-12)
+
+
+def _gather_features(embeds, units, candidates) -> torch.Tensor:
+    """The candidates' input embeddings, (G, n, D): a view when there is one image whose
+    candidates are contiguous (plain LLaVA), one index_select otherwise."""
+    if len(units) == 1:
+        positions = units[0].positions[candidates[0]]
+        first = int(positions[0])
+        if int(positions[-1]) - first + 1 == len(positions):
+            return embeds[units[0].row, first:first + len(positions)][None]
+    length = embeds.shape[1]
+    flat = np.stack([unit.row * length + unit.positions[cand] for unit, cand in zip(units, candidates)])
+    index = torch.from_numpy(flat.reshape(-1)).to(embeds.device)
+    flat_embeds = embeds.reshape(-1, embeds.shape[-1])
+    return flat_embeds.index_select(0, index).view(len(units), -1, embeds.shape[-1])
+
+
+def plan_prefill(
+    embeds: torch.Tensor,
+    valid: torch.Tensor,
+    units: Sequence[LocatedUnit],
+    placeholders: torch.Tensor,
+    *,
+    saliency: str,
+    cls_rows: Optional[torch.Tensor],
+    selector: Callable,
+    keep: Optional[int],
+    keep_ratio: Optional[float],
+    lam: float,
+    seed: int,
+) -> PrefillPlan:
+    """Decide which tokens of a prefill survive (steps 1–4 of the module docstring).
+
+    ``embeds`` (B, L, D) are the merged input embeddings, ``valid`` (B, L) the padding mask,
+    ``placeholders`` (B, L) every media placeholder token, ``cls_rows`` the [CLS]-attention
+    rows captured in the vision tower, flattened (``saliency="cls"`` only).
+    """
+    seconds = {"saliency": 0.0, "select": 0.0}
+    device = embeds.device
+    anchor = None
+    if saliency == "text":
+        start = time.perf_counter()
+        anchor = text_anchor(embeds, valid, placeholders)
+        seconds["saliency"] += time.perf_counter() - start
+    elif saliency == "cls":
+        cls_flat = cls_rows
+
+    # Candidates (token indices within each unit) and budgets.
+    candidates, budgets = [], []
+    for unit in units:
+        structural = unit.layout.structural
+        cand = np.arange(unit.layout.n_tokens) if structural is None else np.flatnonzero(~structural)
+        candidates.append(cand)
+        budgets.append(budget(len(cand), keep, keep_ratio))
+
+    # Select, one batched call per (n, k); an image that keeps everything needs no call.
+    selected: List[Optional[np.ndarray]] = [None] * len(units)
+    shares = [0.0] * len(units)
+    groups: Dict[Tuple[int, int], List[int]] = {}
+    for i, (cand, k) in enumerate(zip(candidates, budgets)):
+        if len(cand) == 0:
+            selected[i] = cand
+        elif k >= len(cand):
+            selected[i] = np.arange(len(cand))
+        else:
+            groups.setdefault((len(cand), k), []).append(i)
+    for (n, k), members in groups.items():
+        start = time.perf_counter()
+        features = _gather_features(embeds, [units[i] for i in members],
+                                    [candidates[i] for i in members])               # (G, n, D)
+        scores = None
+        if saliency == "text":
+            rows = torch.tensor([units[i].row for i in members], device=device)
+            scores = cosine_to_anchor(features, anchor[rows])
+        elif saliency == "cls":
+            sources = np.stack([units[i].layout.vision_index[candidates[i]] + units[i].vision_offset
+                                for i in members])
+            scores = cls_flat[torch.from_numpy(sources).to(cls_flat.device)].to(device)
+        seconds["saliency"] += time.perf_counter() - start
+        start = time.perf_counter()
+        kept = selector(features, k, scores, lam=lam, seed=seed)
+        kept = kept.cpu().numpy() if isinstance(kept, torch.Tensor) else np.asarray(kept)
+        elapsed = time.perf_counter() - start
+        seconds["select"] += elapsed
+        for row_in_call, i in enumerate(members):
+            selected[i] = kept[row_in_call]
+            shares[i] = elapsed / len(members)
+
+    # The keep mask: text and other valid tokens, then the kept placeholders.
+    start = time.perf_counter()
+    keep_mask = valid & ~placeholders
+    records, rows_all, cols_all = [], [], []
+    per_row = {}
+    for unit, cand, pick, share in zip(units, candidates, selected, shares):
+        kept_tokens = cand[pick]
+        layout = unit.layout
+        if layout.structural is not None and layout.structural.any():
+            structural = np.flatnonzero(layout.structural)
+            live_groups = layout.group[kept_tokens]
+            structural = structural[np.isin(layout.group[structural], live_groups[live_groups >= 0])]
+            kept_tokens = np.sort(np.concatenate([kept_tokens, structural]))
+        positions = unit.positions[kept_tokens]
+        rows_all.append(np.full(len(positions), unit.row))
+        cols_all.append(positions)
+        index_in_row = per_row.get((unit.row, unit.media), 0)
+        per_row[unit.row, unit.media] = index_in_row + 1
+        records.append(ImageRecord(
+            row=unit.row, index=unit.index, index_in_row=index_in_row, modality=unit.media,
+            n_tokens=layout.n_tokens, tokens_before=len(cand), tokens_after=len(pick),
+            kept=kept_tokens.astype(np.int64), kept_positions=positions.astype(np.int64),
+            select_seconds=share, grid=layout.grid,
+        ))
+    if rows_all:
+        rows_t = torch.from_numpy(np.concatenate(rows_all)).to(device)
+        cols_t = torch.from_numpy(np.concatenate(cols_all)).to(device)
+        keep_mask[rows_t, cols_t] = True
+    seconds["gather"] = time.perf_counter() - start
+    return PrefillPlan(keep_mask, records, seconds)
+
+
+@dataclass
+class Compaction:
+    """How the kept tokens are laid out in the shorter, re-left-padded batch."""
+
+    source: torch.Tensor   # (B, L') long: the unpruned position of each new slot (0 in padding)
+    padding: torch.Tensor  # (B, L') bool: True for the new left padding
+
+    @property
+    def length(self) -> int:
+        return self.source.shape[1]
+
+
+def compact(keep: torch.Tensor) -> Compaction:
+    """Left-pad every row's kept tokens (in order) to the longest row."""
+    batch, _ = keep.shape
+    lengths = keep.sum(1)
+    new_length = int(lengths.max()) if batch else 0
+    pad = new_length - lengths                                                     # (B,)
+    rows, cols = keep.nonzero(as_tuple=True)
+    slots = (keep.cumsum(1) - 1 + pad[:, None])[rows, cols]
+    source = torch.zeros(batch, new_length, dtype=torch.long, device=keep.device)
+    source[rows, slots] = cols
+    padding = torch.arange(new_length, device=keep.device)[None, :] < pad[:, None]
+    return Compaction(source, padding)
+
+
+def gather_tokens(embeds: torch.Tensor, plan: Compaction) -> torch.Tensor:
+    """(B, L, D) -> (B, L', D); zeros in the new padding (masked out anyway)."""
+    index = plan.source[..., None].expand(-1, -1, embeds.shape[-1])
+    return embeds.gather(1, index).masked_fill(plan.padding[..., None], 0)
+
+
+def gather_last(values: torch.Tensor, plan: Compaction, fill=0) -> torch.Tensor:
+    """(..., B or 1, L) -> (..., B, L') along the last axis: position ids (2-D, or 3-D for
+    multi-axis rotary positions such as Qwen2-VL's [3 or 4, B, L]) and per-token ids."""
+    batch, new_length = plan.source.shape
+    values = values.expand(*values.shape[:-2], batch, values.shape[-1])
+    index = plan.source.expand(*values.shape[:-2], batch, new_length)
+    return values.gather(-1, index).masked_fill(plan.padding, fill)

@@ -1,0 +1,105 @@
+"""What a pruned prefill did, as plain data: the records behind ``handle.last``.
+
+Nothing here imports torch: the records hold NumPy arrays and Python numbers, so a visualizer
+or an evaluation script can keep, pickle and inspect them without the model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """Where each placeholder token of one image comes from on the image.
+
+    ``token_source`` has one row ``(view, row, col)`` per placeholder token of the image, in
+    sequence order, in patch units:
+
+    - view 0 is the whole image resized to one vision-tower input of ``patch_side`` ×
+      ``patch_side`` patches (plain LLaVA; the base image of LLaVA-NeXT);
+    - view 1 is LLaVA-NeXT's high-resolution canvas: ``crop_grid = (rows, cols)`` crops of
+      ``patch_side`` patches each, so ``rows·patch_side`` × ``cols·patch_side`` patches over the
+      best-fit resolution ``canvas_pixels = (height, width)``, into which the image (of
+      ``image_size = (height, width)`` pixels) was resized and centred before the padding rows
+      or columns were dropped again ("unpadded");
+    - ``(-1, -1, -1)`` marks a token that is not an image patch: a LLaVA-NeXT row-separator
+      (newline) token, or the vision tower's [CLS] token when the model keeps it
+      (``vision_feature_select_strategy="full"``).
+    """
+
+    patch_side: int
+    token_source: np.ndarray
+    crop_grid: Optional[Tuple[int, int]] = None
+    canvas_pixels: Optional[Tuple[int, int]] = None
+    image_size: Optional[Tuple[int, int]] = None
+
+    def __repr__(self) -> str:
+        extra = ""
+        if self.crop_grid is not None:
+            extra = (f", crop_grid={self.crop_grid}, canvas_pixels={self.canvas_pixels}, "
+                     f"image_size={self.image_size}")
+        return (f"PatchGrid(patch_side={self.patch_side}, tokens={len(self.token_source)}"
+                f"{extra})")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image (or, for architectures with video, one video) of the last pruned prefill.
+
+    ``tokens_before`` counts the image's prunable tokens and ``tokens_after`` how many of them
+    were kept (``min(budget, tokens_before)``). Tokens that are never candidates (LLaVA-NeXT's
+    row-separator tokens) are not counted there: ``n_tokens`` is the full placeholder run and
+    ``kept`` lists every placeholder token that survived, separators included.
+    """
+
+    #: Batch row of the request that holds the image.
+    row: int
+    #: Index of the image in the request, in the order the model consumed its features
+    #: (row-major over the batch: the order of ``pixel_values``).
+    index: int
+    #: Index of the image among its row's images (of the same modality).
+    index_in_row: int
+    #: "image" (architectures with video add "video").
+    modality: str
+    #: Placeholder tokens of the image in the unpruned sequence.
+    n_tokens: int
+    tokens_before: int
+    tokens_after: int
+    #: Kept placeholder tokens, as indices into the image's own run of ``n_tokens`` (sorted).
+    kept: np.ndarray
+    #: The same tokens' positions (sequence indices) in the row of the unpruned input.
+    kept_positions: np.ndarray
+    #: Wall time of the selector call that chose this image's tokens, divided among the images
+    #: that call served (images of equal size are selected in one batched call).
+    select_seconds: float
+    #: Patch layout for mapping ``kept`` back onto the image; None when unknown.
+    grid: Optional[PatchGrid] = None
+
+    def __repr__(self) -> str:
+        return (f"ImageRecord(row={self.row}, index={self.index}, modality={self.modality!r}, "
+                f"tokens {self.tokens_before} -> {self.tokens_after}, n_tokens={self.n_tokens}, "
+                f"select={self.select_seconds * 1e3:.2f} ms)")
+
+
+@dataclass(frozen=True)
+class PrefillRecord:
+    """The whole last pruned prefill: per-image records plus sequence-level bookkeeping."""
+
+    images: Tuple[ImageRecord, ...]
+    #: Sequence length of the batch before and after pruning (after re-left-padding).
+    seq_len_before: int
+    seq_len_after: int
+    #: Per row: for each position of the pruned sequence, the position it came from in the
+    #: unpruned row, or -1 for a padding slot. Shape (batch, seq_len_after).
+    source_positions: np.ndarray
+    #: Seconds spent by the hook itself, by stage: "saliency", "select" and "gather" (building
+    #: the shorter inputs), plus "cls" (the [CLS]-attention probe in the vision tower) when used.
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def hook_seconds(self) -> float:
+        """Total time of the hook's own work (everything but the model's own layers)."""
+        return float(sum(self.seconds.values()))

@@ -1,0 +1,619 @@
+"""greedyprune.hf on LLaVA and LLaVA-NeXT: tiny random-weight models (tests/hf_models.py), fp32.
+
+Each property of SPEC.md §5 and issue 4 is checked against something independent of the
+hooks: the unhooked model, a pruned input built by hand and run through the language model
+directly, per-sample generation, ``greedyprune.select`` on hand-computed features and
+saliency, and an eager-attention run of the vision tower.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import greedyprune  # noqa: E402
+from greedyprune import methods  # noqa: E402
+from greedyprune.hf import attach, supported_models  # noqa: E402
+
+from hf_models import BUILDERS, IMAGE_ID, make_batch  # noqa: E402
+
+ARCHS = ["llava", "llava_next"]
+#: Rows with different lengths and image counts: exercises left padding and re-padding.
+PROMPTS = [[3, "img", 2], [1, "img", 2, "img", 4], [5, "img", 1]]
+
+_cache = {}
+
+
+def tiny(arch: str, attn: str = "sdpa"):
+    """Build each model once per session (building is most of a tiny test's time)."""
+    key = (arch, attn)
+    if key not in _cache:
+        _cache[key] = BUILDERS[arch](attn)
+    return _cache[key]
+
+
+def batch(arch, prompts=PROMPTS, seed=0):
+    return make_batch(tiny(arch), prompts, seed=seed)
+
+
+def logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def merged_embeds(model, inputs):
+    """The inner model's ``inputs_embeds`` after image features are merged, computed directly."""
+    inner = model.model
+    with torch.no_grad():
+        embeds = inner.get_input_embeddings()(inputs["input_ids"])
+        visual = {k: inputs[k] for k in ("pixel_values", "image_sizes") if k in inputs}
+        features = torch.cat(list(inner.get_image_features(**visual, return_dict=True)
+                                  .pooler_output))
+        mask = (inputs["input_ids"] == IMAGE_ID)[..., None]
+        return embeds.masked_scatter(mask, features)
+
+
+# --- equivalences ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_keeping_every_token_matches_the_unhooked_model(arch, attn):
+    model = tiny(arch, attn).model
+    inputs, _ = batch(arch)
+    expected = logits(model, inputs)
+    with attach(model, keep=10_000) as handle:
+        got = logits(model, inputs)
+    assert handle.last and all(r.tokens_after == r.tokens_before for r in handle.last)
+    # Padding is dropped and re-added: compare the valid positions of each row.
+    valid = inputs["attention_mask"].bool()
+    lengths = valid.sum(1)
+    for b in range(len(lengths)):
+        n = int(lengths[b])
+        torch.testing.assert_close(got[b, -n:], expected[b, valid[b]], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_detach_restores_the_model_bit_for_bit(arch):
+    model = tiny(arch).model
+    inputs, _ = batch(arch)
+    expected = logits(model, inputs)
+    expected_gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    handle = attach(model, keep=2, saliency="cls")
+    pruned = logits(model, inputs)
+    assert pruned.shape[1] < expected.shape[1]
+    assert _hook_count(model) > 0
+    handle.detach()
+    assert _hook_count(model) == 0
+    assert not any(hasattr(m, "_greedyprune_handle") for m in model.modules())
+    assert torch.equal(logits(model, inputs), expected)
+    assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), expected_gen)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_attaching_to_the_inner_model_prunes_the_same(arch):
+    model = tiny(arch).model
+    inputs, _ = batch(arch)
+    with attach(model, keep=3):
+        top = logits(model, inputs)
+    with attach(model.model, keep=3) as handle:
+        inner = logits(model, inputs)
+        assert handle.last
+    assert torch.equal(top, inner)
+
+
+def _hook_count(model):
+    """Hooks that greedyprune.hf installed (transformers installs its own, lazily)."""
+    from greedyprune.hf import PruneHandle
+
+    return sum(isinstance(getattr(hook, "__self__", None), PruneHandle)
+               for m in model.modules()
+               for hook in [*m._forward_pre_hooks.values(), *m._forward_hooks.values()])
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_pruned_forward_matches_a_hand_built_reference(arch, attn):
+    model = tiny(arch, attn).model
+    inputs, _ = batch(arch)
+    with attach(model, keep=3) as handle:
+        got = logits(model, inputs)
+
+    # Rebuild the decoder's input by hand from the records: every valid text token and the
+    # kept image tokens, in order, with their original positions, left-padded.
+    embeds = merged_embeds(model, inputs)
+    valid = inputs["attention_mask"].bool()
+    text = valid & (inputs["input_ids"] != IMAGE_ID)
+    length = embeds.shape[1]
+    rows = []
+    for b in range(len(embeds)):
+        kept = set(np.flatnonzero(text[b].numpy()).tolist())
+        for record in handle.last:
+            if record.row == b:
+                kept |= set(record.kept_positions.tolist())
+        rows.append(sorted(kept))
+    new_length = max(map(len, rows))
+    new_embeds = torch.zeros(len(rows), new_length, embeds.shape[-1])
+    new_positions = torch.zeros(len(rows), new_length, dtype=torch.long)
+    new_mask = torch.zeros(len(rows), new_length, dtype=torch.long)
+    for b, kept in enumerate(rows):
+        start = new_length - len(kept)
+        new_embeds[b, start:] = embeds[b, kept]
+        # Without position_ids, LlamaModel numbers a prefill 0..L-1 in every row.
+        new_positions[b, start:] = torch.arange(length)[kept]
+        new_mask[b, start:] = 1
+    assert handle.last_prefill.seq_len_after == new_length
+    with torch.no_grad():
+        hidden = model.model.language_model(inputs_embeds=new_embeds, attention_mask=new_mask,
+                                            position_ids=new_positions).last_hidden_state
+        expected = model.lm_head(hidden)
+    for b, kept in enumerate(rows):
+        torch.testing.assert_close(got[b, -len(kept):], expected[b, -len(kept):],
+                                   rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_batched_generation_equals_per_sample_generation(arch, attn):
+    model = tiny(arch, attn).model
+    inputs, singles = batch(arch)
+    settings = dict(max_new_tokens=6, do_sample=False, output_logits=True,
+                    return_dict_in_generate=True)
+    with attach(model, keep=3):
+        together = model.generate(**inputs, **settings)
+        alone = [model.generate(**single, **settings) for single in singles]
+    for b, single in enumerate(alone):
+        assert torch.equal(together.sequences[b, -6:], single.sequences[0, -6:]), b
+        for step, (got, want) in enumerate(zip(together.logits, single.logits)):
+            torch.testing.assert_close(got[b], want[0], rtol=1e-4, atol=1e-4,
+                                       msg=f"row {b}, step {step}")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_manual_decoding_without_positions_or_mask_matches_generate(arch):
+    # A hand-written decoding loop passes neither position_ids nor attention_mask: the hook
+    # must number new tokens after the *unpruned* prompt and extend its own mask.
+    model = tiny(arch).model
+    _, singles = batch(arch)
+    single = singles[1]
+    with attach(model, keep=2):
+        expected = model.generate(**single, max_new_tokens=5, do_sample=False,
+                                  output_logits=True, return_dict_in_generate=True)
+        with torch.no_grad():
+            out = model(**single, use_cache=True)
+            steps = [out.logits[:, -1]]
+            for token in expected.sequences[0, -5:-1].tolist():
+                out = model(input_ids=torch.tensor([[token]]), cache=out.cache)
+                steps.append(out.logits[:, -1])
+    for got, want in zip(steps, expected.logits):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+# --- what is kept ---------------------------------------------------------------------------
+
+
+def _decoder_kwargs(model, inputs):
+    """The keyword arguments the decoder receives (after the pruning hook) at a forward."""
+    seen = {}
+
+    def spy(module, args, kwargs):
+        seen.update(kwargs)
+
+    spy_handle = model.model.language_model.register_forward_pre_hook(spy, with_kwargs=True)
+    try:
+        logits(model, inputs)
+    finally:
+        spy_handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_kept_tokens_keep_their_original_position_ids(arch):
+    model = tiny(arch).model
+    inputs, _ = batch(arch)
+    valid = inputs["attention_mask"]
+    # generate()'s numbering: padding-aware, different in every row.
+    positions = (valid.cumsum(-1) - 1).clamp(min=0)
+    inputs = dict(inputs, position_ids=positions)
+    with attach(model, keep=2) as handle:
+        seen = _decoder_kwargs(model, inputs)
+    source = torch.from_numpy(handle.last_prefill.source_positions)
+    mask = seen["attention_mask"].bool()
+    assert torch.equal(mask, source >= 0)
+    expected = positions.gather(1, source.clamp(min=0))
+    assert torch.equal(seen["position_ids"][mask], expected[mask])
+    assert seen["inputs_embeds"].shape[1] == source.shape[1]
+    for record in handle.last:
+        got = source[record.row][np.isin(source[record.row], record.kept_positions)]
+        assert got.tolist() == record.kept_positions.tolist()
+
+
+@pytest.mark.parametrize("saliency", ["text", "none"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_kept_set_equals_select_on_the_same_features_and_saliency(arch, saliency):
+    model = tiny(arch).model
+    inputs, _ = batch(arch)
+    embeds = merged_embeds(model, inputs)
+    valid = inputs["attention_mask"].bool()
+    is_image = inputs["input_ids"] == IMAGE_ID
+    with attach(model, keep=4, lam=0.3, saliency=saliency) as handle:
+        logits(model, inputs)
+    newline = model.model.image_newline if arch == "llava_next" else None
+    for record in handle.last:
+        b = record.row
+        positions = np.flatnonzero(is_image[b].numpy())
+        run = _image_run(positions, record)
+        features = embeds[b, run]
+        if newline is not None:  # never candidates
+            candidates = ~(features == newline).all(-1)
+        else:
+            candidates = torch.ones(len(run), dtype=torch.bool)
+        features = features[candidates]
+        score = None
+        if saliency == "text":
+            text = embeds[b, valid[b] & ~is_image[b]].mean(0)
+            score = torch.nn.functional.cosine_similarity(features, text[None], dim=-1).numpy()
+        picks = greedyprune.select(features.numpy(), 4, score, 0.3)
+        kept_candidates = np.flatnonzero(candidates.numpy())[picks]
+        selected = record.kept[~np.isin(record.kept, np.flatnonzero(~candidates.numpy()))]
+        assert selected.tolist() == kept_candidates.tolist()
+        assert record.tokens_before == int(candidates.sum()) and record.tokens_after == 4
+
+
+def _image_run(image_positions_in_row, record):
+    """Sequence positions of the record's image: its run among the row's image tokens."""
+    start = int(np.searchsorted(image_positions_in_row, record.kept_positions[0]))
+    # kept[0] is the index of the first kept token within the image's run.
+    start -= int(record.kept[0])
+    return image_positions_in_row[start:start + record.n_tokens]
+
+
+def test_cls_saliency_is_the_eager_cls_attention_row_at_the_feature_layer():
+    from greedyprune.hf import _prune
+
+    model = tiny("llava").model
+    inputs, _ = batch("llava")
+    tower = model.model.vision_tower
+    layer = model.config.vision_feature_layer
+    captured = {}
+
+    def record_cls(module, args, kwargs):
+        captured.setdefault("rows", _prune.cls_attention(module, kwargs["hidden_states"]))
+
+    with attach(model, keep=3, saliency="cls") as handle:
+        hook = handle._cls_module.register_forward_pre_hook(record_cls, with_kwargs=True)
+        logits(model, inputs)
+        hook.remove()
+    tower.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            eager = tower(inputs["pixel_values"], output_attentions=True,
+                          output_hidden_states=True)
+    finally:
+        tower.set_attn_implementation("sdpa")
+    n_layers = model.config.vision_config.num_hidden_layers
+    # hidden_states[layer] is the output of encoder layer (layer mod (L + 1)) - 1.
+    produced_by = layer % (n_layers + 1) - 1
+    expected = eager.attentions[produced_by][:, :, 0, :].mean(1)
+    torch.testing.assert_close(captured["rows"], expected, rtol=1e-5, atol=1e-6)
+    # ... and it is what the selector saw: top-k by it at lam=1 gives the same picks.
+    with attach(model, keep=3, saliency="cls", lam=1.0) as handle:
+        logits(model, inputs)
+    for record in handle.last:
+        top = np.sort(np.argsort(-expected[record.index, 1:].numpy(), kind="stable")[:3])
+        assert record.kept.tolist() == top.tolist()
+
+
+def test_cls_saliency_survives_generate_pre_encoding_images():
+    # generate() runs get_image_features before the prefill and passes mm_encoder_outputs:
+    # the [CLS] rows must follow that object.
+    model = tiny("llava_next").model
+    inputs, _ = batch("llava_next")
+    with attach(model, keep=2, saliency="cls", lam=1.0) as handle:
+        model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        from_generate = [r.kept.tolist() for r in handle.last]
+        logits(model, inputs)
+        from_forward = [r.kept.tolist() for r in handle.last]
+    assert from_generate == from_forward
+
+
+@pytest.mark.parametrize("method", ["uniform", "random", "divprune"])
+def test_methods_are_looked_up_by_name(method):
+    model = tiny("llava").model
+    inputs, _ = batch("llava")
+    embeds = merged_embeds(model, inputs)
+    with attach(model, keep=5, method=method, seed=3, saliency="none") as handle:
+        logits(model, inputs)
+    selector = methods.get(method)
+    is_image = inputs["input_ids"] == IMAGE_ID
+    for record in handle.last:
+        positions = np.flatnonzero(is_image[record.row].numpy())
+        features = embeds[record.row, _image_run(positions, record)]
+        assert record.kept.tolist() == selector(features, 5, None, seed=3).tolist()
+
+
+def test_keep_ratio_and_oversized_keep():
+    model = tiny("llava").model
+    inputs, _ = batch("llava")
+    with attach(model, keep_ratio=0.3) as handle:
+        logits(model, inputs)
+    assert {r.tokens_after for r in handle.last} == {5}  # ceil(0.3 · 16)
+    with attach(model, keep=17) as handle:
+        logits(model, inputs)
+    assert all(r.tokens_after == r.tokens_before == 16 for r in handle.last)
+
+
+# --- LLaVA-NeXT layout ----------------------------------------------------------------------
+
+
+def test_next_layout_matches_the_models_own_packing():
+    # Oracle: the model's pack_image_features applied to (crop, column) indices.
+    model = tiny("llava_next").model
+    inner = model.model
+    inputs, _ = batch("llava_next", prompts=[[1, "img", 1, "img", 1, "img"], [2, "img", 2]],
+                      seed=5)
+    with attach(model, keep=10_000, saliency="cls") as handle:
+        logits(model, inputs)
+    import transformers.models.llava_next.modeling_llava_next as modeling
+
+    per_crop = 17
+    offset, expected = 0, []
+    for size in inputs["image_sizes"].tolist():
+        n = modeling.image_size_to_num_patches(size, inner.config.image_grid_pinpoints, 16)
+        index = (torch.arange(offset, offset + n, dtype=torch.float64)[:, None] * per_crop
+                 + torch.arange(1, per_crop, dtype=torch.float64))[..., None]
+        packed, _ = inner.pack_image_features([index], torch.tensor([size]), "default",
+                                              image_newline=torch.tensor([-1.0], dtype=torch.float64))
+        expected.append(packed[0][:, 0].long().numpy())
+        offset += n
+    records = sorted(handle.last, key=lambda r: r.index)
+    grids = set()
+    for record, want in zip(records, expected):
+        grid = record.grid
+        assert grid is not None and grid.crop_grid is not None
+        grids.add(grid.crop_grid)
+        source = grid.token_source
+        assert np.array_equal(source[:, 0] < 0, want < 0)  # newlines
+        # (view, row, col) -> (crop, column) must reproduce the packing.
+        crop = np.where(source[:, 0] == 0, 0,
+                        1 + (source[:, 1] // 4) * grid.crop_grid[1] + source[:, 2] // 4)
+        column = 1 + (source[:, 1] % 4) * 4 + source[:, 2] % 4
+        first = want[want >= 0].min() // per_crop
+        got = np.where(want < 0, -1, (first + crop) * per_crop + column)
+        assert np.array_equal(got, want)
+    assert len(grids) >= 2
+
+
+def test_next_newlines_stay_with_their_rows():
+    model = tiny("llava_next").model
+    inputs, _ = batch("llava_next")
+    with attach(model, keep=3) as handle:
+        logits(model, inputs)
+    for record in handle.last:
+        source = record.grid.token_source
+        newline = source[:, 0] < 0
+        assert record.tokens_before == int((~newline).sum())
+        kept = np.zeros(record.n_tokens, dtype=bool)
+        kept[record.kept] = True
+        assert int((kept & ~newline).sum()) == 3
+        # Walk the rows of the high-resolution canvas: a newline survives iff its row does.
+        row_has_kept = False
+        for i in range(record.n_tokens):
+            if newline[i]:
+                assert kept[i] == row_has_kept, i
+                row_has_kept = False
+            elif source[i, 0] == 1:
+                row_has_kept |= kept[i]
+
+
+# --- refusals and arguments -----------------------------------------------------------------
+
+
+def test_bad_arguments_raise_clear_errors():
+    model = tiny("llava").model
+    with pytest.raises(ValueError, match="keep"):
+        attach(model, keep=0)
+    with pytest.raises(ValueError, match="keep_ratio"):
+        attach(model, keep_ratio=1.5)
+    with pytest.raises(ValueError, match="keep_ratio"):
+        attach(model, keep_ratio=0.0)
+    with pytest.raises(ValueError, match="exactly one of keep"):
+        attach(model, keep=4, keep_ratio=0.5)
+    with pytest.raises(ValueError, match="exactly one of keep"):
+        attach(model)
+    with pytest.raises(TypeError, match="keep"):
+        attach(model, keep=2.5)
+    with pytest.raises(ValueError, match="saliency"):
+        attach(model, keep=4, saliency="attention")
+    with pytest.raises(ValueError, match="method"):
+        attach(model, keep=4, method="nope")
+    with pytest.raises(ValueError, match="lam"):
+        attach(model, keep=4, lam=1.5)
+    with pytest.raises(ValueError, match="seed"):
+        attach(model, keep=4, seed=-1)
+    with pytest.raises(TypeError, match="LlavaForConditionalGeneration"):
+        attach(model.model.language_model, keep=4)
+    with pytest.raises(TypeError, match="LlavaNextModel"):
+        attach(torch.nn.Linear(2, 2), keep=4)
+    assert _hook_count(model) == 0
+
+
+def test_supported_models_come_from_the_table():
+    assert supported_models() == ["LlavaForConditionalGeneration", "LlavaModel",
+                                  "LlavaNextForConditionalGeneration", "LlavaNextModel"]
+
+
+def test_inner_model_attach_twice_warns_and_replaces_and_repr():
+    model = tiny("llava").model
+    inputs, _ = batch("llava")
+    first = attach(model.model, keep=3)
+    with pytest.warns(RuntimeWarning, match="already has greedyprune.hf attached"):
+        second = attach(model, keep_ratio=0.5, saliency="none", method="uniform")
+    try:
+        assert not first.attached and second.attached
+        assert repr(second) == (
+            "PruneHandle(model=LlavaForConditionalGeneration, arch='llava', keep_ratio=0.5, "
+            "lam=0.5, saliency='none', method='uniform', seed=0, attached=True)")
+        logits(model, inputs)
+        assert {r.tokens_after for r in second.last} == {8}
+        assert first.last == []
+    finally:
+        second.detach()
+    assert _hook_count(model) == 0
+
+
+def test_unsupported_generation_modes_are_refused():
+    model = tiny("llava").model
+    inputs, singles = batch("llava")
+    with attach(model, keep=3):
+        with pytest.raises(ValueError, match="static or compilable cache"):
+            model.generate(**inputs, max_new_tokens=2, do_sample=False,
+                           cache_implementation="static")
+        # Prompt lookup proposes several tokens at once when the prompt's last bigram (7, 8)
+        # occurred before.
+        ids = torch.tensor([[1, 7, 8, 9, 10, 11] + [IMAGE_ID] * 16 + [7, 8]])
+        with pytest.raises(ValueError, match="not supported on a pruned cache"):
+            model.generate(input_ids=ids, pixel_values=singles[0]["pixel_values"],
+                           max_new_tokens=3, do_sample=False, prompt_lookup_num_tokens=2)
+        with torch.no_grad():
+            out = model(**singles[0], use_cache=True)
+            follow = torch.cat([singles[0]["input_ids"], torch.tensor([[5, 6]])], 1)
+            with pytest.raises(ValueError, match="not supported on a pruned cache"):
+                model(input_ids=follow[:, -2:], cache=out.cache)
+            with pytest.raises(ValueError, match="labels"):
+                model(**singles[0], labels=singles[0]["input_ids"])
+            # A cache this handle never pruned, with new images: refused, not mis-pruned.
+            with pytest.raises(ValueError, match="past_key_values"):
+                model(**singles[0], cache=_text_cache(model))
+    assert _hook_count(model) == 0
+
+
+def _text_cache(model):
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([[1, 5, 6]]), use_cache=True).cache
+
+
+def test_text_only_calls_pass_through():
+    model = tiny("llava").model
+    ids = {"input_ids": torch.tensor([[1, 5, 6, 7]])}
+    expected = model.generate(**ids, max_new_tokens=3, do_sample=False)
+    with attach(model, keep=1) as handle:
+        got = model.generate(**ids, max_new_tokens=3, do_sample=False)
+    assert torch.equal(got, expected) and handle.last == []
+
+
+def test_importing_greedyprune_hf_does_not_import_torch():
+    code = ("import sys, greedyprune, greedyprune.hf; "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_new_table_entry_plugs_in_with_per_token_mask_inputs():
+    # An architecture is one ArchSpec. This one is LLaVA's entry under another class name, with
+    # a decoder_mask callback standing in for Gemma 3's mask builder: it must receive the
+    # per-token inputs (here input_ids) gathered at the kept positions, then extended by each
+    # decoding step, always aligned with the 2-D mask.
+    import dataclasses
+
+    from transformers import LlavaForConditionalGeneration
+
+    from greedyprune.hf import _archs
+
+    class PluggedLlava(LlavaForConditionalGeneration):
+        pass
+
+    seen = []
+
+    def decoder_mask(inner, mask, kwargs, per_token):
+        assert per_token["input_ids"].shape == mask.shape
+        seen.append(per_token["input_ids"].clone())
+        return mask
+
+    spec = dataclasses.replace(_archs.ARCHS["llava"], name="plugged", top_classes=("PluggedLlava",),
+                               inner_classes=(), mask_inputs=("input_ids",),
+                               decoder_mask=decoder_mask)
+    _archs.register(spec)
+    try:
+        base = tiny("llava").model
+        model = PluggedLlava(base.config).eval()
+        model.load_state_dict(base.state_dict())
+        inputs, _ = batch("llava")
+        with attach(model, keep=2) as handle:
+            assert handle.arch == "plugged"
+            out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+            with attach(base, keep=2):
+                assert torch.equal(out, base.generate(**inputs, max_new_tokens=3, do_sample=False))
+    finally:
+        del _archs.ARCHS["plugged"]
+    source = torch.from_numpy(handle.last_prefill.source_positions)
+    prefill_ids = inputs["input_ids"].gather(1, source.clamp(min=0))
+    assert torch.equal(seen[0][source >= 0], prefill_ids[source >= 0])
+    assert len(seen) == 3  # the prefill and two decoding steps
+    assert torch.equal(seen[-1][:, -2:], out[:, -3:-1])
+    assert "PluggedLlava" not in supported_models()
+
+
+@pytest.mark.parametrize("saliency", ["text", "cls"])
+def test_bfloat16_model_prunes_and_generates(saliency):
+    import copy
+
+    model = copy.deepcopy(tiny("llava_next").model).to(torch.bfloat16)
+    inputs, _ = batch("llava_next")
+    inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
+    with attach(model, keep=3, saliency=saliency) as handle:
+        out = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+    assert [r.tokens_after for r in handle.last] == [3] * 4
+
+
+def test_gradients_flow_through_the_kept_tokens():
+    # Selecting needs no gradient, but the shorter inputs are gathered with autograd, so a
+    # pruned model can be fine-tuned.
+    import copy
+
+    model = copy.deepcopy(tiny("llava").model)
+    inputs, _ = batch("llava")
+    with attach(model, keep=3):
+        model(**inputs).logits.square().mean().backward()
+    assert model.model.multi_modal_projector.linear_2.weight.grad.abs().sum() > 0
+
+
+def test_next_features_encoded_without_the_hooks_keep_the_newline_rule():
+    # Features the hooks never saw (encoded before attach): the newlines are still found by
+    # value, but the patch grid cannot be confirmed, so saliency="cls" refuses.
+    model = tiny("llava_next").model
+    inputs, _ = batch("llava_next")
+    with torch.no_grad():
+        encoded = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"],
+                                                 return_dict=True)
+    text_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask")}
+    with attach(model, keep=3) as handle:
+        with torch.no_grad():
+            model(**text_inputs, mm_encoder_outputs={"image": encoded})
+        records = handle.last
+    with attach(model, keep=3) as reference:
+        logits(model, inputs)
+    for got, want in zip(records, reference.last):
+        assert got.grid is None and want.grid is not None
+        assert got.kept.tolist() == want.kept.tolist()
+    with attach(model, keep=3, saliency="cls"):
+        with pytest.raises(ValueError, match="saliency='cls'"), torch.no_grad():
+            model(**text_inputs, mm_encoder_outputs={"image": encoded})
+
+
+def test_per_token_arguments_passed_through_to_the_decoder_are_gathered():
+    # A processor may return mm_token_type_ids; LLaVA hands it to its decoder, which ignores
+    # it. The hook gathers it with the tokens rather than leave it at the unpruned length.
+    model = tiny("llava").model
+    inputs, _ = batch("llava")
+    types = (inputs["input_ids"] == IMAGE_ID).long()
+    with attach(model, keep=2) as handle:
+        seen = _decoder_kwargs(model, dict(inputs, mm_token_type_ids=types))
+    source = torch.from_numpy(handle.last_prefill.source_positions)
+    expected = types.gather(1, source.clamp(min=0)).masked_fill(source < 0, 0)
+    assert torch.equal(seen["mm_token_type_ids"], expected)
