@@ -133,3 +133,336 @@ def make_batch(tiny: Tiny, prompts, seed: int = 0) -> Tuple[Dict[str, torch.Tens
     if n_images:
         batch.update(visual)
     return batch, singles
+
+
+# --- Gemma 3, LLaVA-OneVision, Idefics3 / SmolVLM (issue 5) --------------------------------------
+
+VIDEO_ID = 97
+SIGLIP_CONFIG = dict(
+    model_type="siglip_vision_model", image_size=8, patch_size=2, hidden_size=32,
+    intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+)
+
+
+def build_gemma3(attn: str = "sdpa", seed: int = 0) -> Tiny:
+    """Gemma 3: SigLIP 20 px / patch 5 (4×4 patches) pooled to 4 tokens per image; a sliding
+    layer (window 8, shorter than a prompt) and a full one."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    text = dict(TEXT_CONFIG, model_type="gemma3_text", head_dim=8, sliding_window=8,
+                layer_types=["sliding_attention", "full_attention"])
+    vision = dict(SIGLIP_CONFIG, image_size=20, patch_size=5)
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                          image_token_id=IMAGE_ID, boi_token_id=3, eoi_token_id=4)
+    torch.manual_seed(seed)
+    model = Gemma3ForConditionalGeneration(config)
+    with torch.no_grad():  # initialized to zeros, which would make every image token alike
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0, 0.3)
+    model = _finish(model, attn)
+
+    def images(n, rng):
+        return {"pixel_values": torch.randn(n, 3, 20, 20, generator=rng)}
+
+    return Tiny(model, images)
+
+
+#: (height, width) for LLaVA-OneVision images: 1×2, 2×1 and 2×2 crop grids with unpadding.
+ONEVISION_SIZES = [(5, 15), (15, 6), (16, 10), (16, 16)]
+
+
+def build_llava_onevision(attn: str = "sdpa", seed: int = 0) -> Tiny:
+    """LLaVA-OneVision: SigLIP 8 px / patch 2 (16 tokens per crop, no [CLS]), qwen2 text."""
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    config = LlavaOnevisionConfig(
+        text_config=dict(TEXT_CONFIG, model_type="qwen2"), vision_config=SIGLIP_CONFIG,
+        image_token_index=IMAGE_ID, video_token_index=VIDEO_ID, vision_feature_layer=-1,
+        vision_feature_select_strategy="full", image_grid_pinpoints=[[8, 16], [16, 8], [16, 16]],
+    )
+    torch.manual_seed(seed)
+    model = _finish(LlavaOnevisionForConditionalGeneration(config), attn)
+
+    def images(n, rng):
+        pick = torch.randint(len(ONEVISION_SIZES), (n,), generator=rng).tolist()
+        return {"pixel_values": torch.randn(n, 5, 3, 8, 8, generator=rng),
+                "image_sizes": torch.tensor([ONEVISION_SIZES[i] for i in pick])}
+
+    return Tiny(model, images)
+
+
+def _build_idefics3_like(config_cls, model_cls, attn, seed) -> Tiny:
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                  num_attention_heads=4, image_size=8, patch_size=2)
+    config = config_cls(text_config=dict(TEXT_CONFIG), vision_config=vision, scale_factor=2,
+                        image_token_id=IMAGE_ID)
+    torch.manual_seed(seed)
+    model = _finish(model_cls(config), attn)
+
+    def images(n, rng):
+        # One tower crop per "img" (2×2 pixel-shuffled tokens = 4 placeholders each); see
+        # make_idefics3_batch for the per-row layout the model expects.
+        return {"pixel_values": torch.randn(n, 3, 8, 8, generator=rng)}
+
+    return Tiny(model, images)
+
+
+def build_idefics3(attn: str = "sdpa", seed: int = 0) -> Tiny:
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration
+
+    return _build_idefics3_like(Idefics3Config, Idefics3ForConditionalGeneration, attn, seed)
+
+
+def build_smolvlm(attn: str = "sdpa", seed: int = 0) -> Tiny:
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
+
+    return _build_idefics3_like(SmolVLMConfig, SmolVLMForConditionalGeneration, attn, seed)
+
+
+BUILDERS.update({
+    "gemma3": build_gemma3,
+    "llava_onevision": build_llava_onevision,
+    "idefics3": build_idefics3,
+    "smolvlm": build_smolvlm,
+})
+
+#: Placeholder tokens per crop of the Idefics3-like builders (2×2 pixel-shuffled cells).
+IDEFICS3_TOKENS = 4
+#: Stand-ins for the processor's marker tokens.
+IDEFICS3_FAKE, IDEFICS3_GLOBAL, IDEFICS3_NEWLINE = 5, 6, 7
+
+
+def _idefics3_prompt(rows: int, cols: int) -> List[int]:
+    """The processor's layout: ``<fake><row_i_col_j><image>×4`` per sub-image, a newline after
+    each row of them, then ``\n<fake><global-img><image>×4<fake>``; an unsplit image (0×0) is
+    ``<fake><global-img><image>×4<fake>``."""
+    image = [IMAGE_ID] * IDEFICS3_TOKENS
+    ids = []
+    for i in range(rows):
+        for j in range(cols):
+            ids += [IDEFICS3_FAKE, 10 + 6 * i + j] + image   # <row_{i+1}_col_{j+1}>
+        ids.append(IDEFICS3_NEWLINE)
+    if rows:
+        ids.append(IDEFICS3_NEWLINE)
+    return ids + [IDEFICS3_FAKE, IDEFICS3_GLOBAL] + image + [IDEFICS3_FAKE]
+
+
+def make_idefics3_batch(tiny: Tiny, prompts, seed: int = 0):
+    """:func:`make_batch` for Idefics3 / SmolVLM, whose ``pixel_values`` are per row
+    ``(B, max crops, 3, H, W)`` with all-zero crops as padding. A segment ``"img"`` is an
+    image too small to split (its global image: one crop), ``("img", R, C)`` one split into
+    R × C sub-images plus its global image (R·C + 1 crops), written as the processor does."""
+    rng = torch.Generator().manual_seed(seed)
+    shapes = [(0, 0) if seg == "img" else tuple(seg[1:])
+              for prompt in prompts for seg in prompt if not isinstance(seg, int)]
+    crops = tiny.images(sum(r * c + 1 for r, c in shapes), rng)["pixel_values"]
+    rows, row_crops, crop, image = [], [], 0, 0
+    for prompt in prompts:
+        ids, mine = [1], []
+        for seg in prompt:
+            if isinstance(seg, int):
+                ids += torch.randint(50, IMAGE_ID - 1, (seg,), generator=rng).tolist()
+                continue
+            r, c = shapes[image]
+            ids += _idefics3_prompt(r, c)
+            mine += list(range(crop, crop + r * c + 1))
+            crop += r * c + 1
+            image += 1
+        rows.append(ids)
+        row_crops.append(mine)
+    length = max(len(ids) for ids in rows)
+    most = max(1, max(len(mine) for mine in row_crops))
+    input_ids = torch.full((len(rows), length), PAD_ID, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    pixel_values = torch.zeros(len(rows), most, 3, 8, 8)
+    singles = []
+    for b, (ids, mine) in enumerate(zip(rows, row_crops)):
+        input_ids[b, length - len(ids):] = torch.tensor(ids)
+        attention_mask[b, length - len(ids):] = 1
+        pixel_values[b, :len(mine)] = crops[mine]
+        single = {"input_ids": torch.tensor([ids]),
+                  "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+        if mine:
+            single["pixel_values"] = crops[mine][None]
+        singles.append(single)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if crop:
+        batch["pixel_values"] = pixel_values
+    return batch, singles
+
+
+# --- Qwen2-VL / Qwen2.5-VL / Qwen3-VL (issue 5) ------------------------------------------------
+
+QWEN_VIDEO_ID = 97
+QWEN_VISION_START = 96
+QWEN_VISION_END = 95
+#: Text tokens of the Qwen batches are drawn below the special ids.
+QWEN_TEXT_TOP = 95
+#: Tiny Qwen vision towers: 2-px patches, 2×2 merged to one token, frame pairs (temporal 2).
+QWEN_PATCH, QWEN_MERGE, QWEN_TEMPORAL = 2, 2, 2
+#: Image grids (t, h, w) in patches: 6, 9, 8 and 12 tokens, no two alike in shape.
+QWEN_IMAGE_GRIDS = [(1, 4, 6), (1, 6, 6), (1, 4, 8), (1, 8, 6)]
+#: Video grids: 2 or 3 frame pairs.
+QWEN_VIDEO_GRIDS = [(2, 4, 6), (3, 4, 4), (2, 6, 4)]
+QWEN_TEXT_CONFIG = dict(
+    vocab_size=VOCAB, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=4096,
+    pad_token_id=PAD_ID, bos_token_id=1, eos_token_id=2,
+    # M-RoPE: (temporal, height, width) sections of the 4 rotary frequency pairs of head_dim 8.
+    rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0},
+)
+_QWEN_IDS = dict(image_token_id=IMAGE_ID, video_token_id=QWEN_VIDEO_ID,
+                 vision_start_token_id=QWEN_VISION_START, vision_end_token_id=QWEN_VISION_END)
+
+
+@dataclass
+class QwenTiny(Tiny):
+    """A :class:`Tiny` Qwen-VL: ``images`` / ``videos`` give ``pixel_values`` (all patches of
+    the units, flattened as the processor does) and the ``(t, h, w)`` grids; see
+    :func:`make_qwen_batch`."""
+
+    videos: Callable[[int, torch.Generator], Dict[str, torch.Tensor]] = None
+
+
+def _qwen_visual(grids, key: str, rng) -> Dict[str, torch.Tensor]:
+    grid = torch.tensor(grids, dtype=torch.long).reshape(-1, 3)
+    patches = int(grid.prod(-1).sum())
+    width = 3 * QWEN_TEMPORAL * QWEN_PATCH * QWEN_PATCH
+    pixels = "pixel_values" if key == "image" else "pixel_values_videos"
+    return {pixels: torch.randn(patches, width, generator=rng), f"{key}_grid_thw": grid}
+
+
+def _qwen_tiny(model) -> QwenTiny:
+    def pick(table, n, rng):
+        return [table[i] for i in torch.randint(len(table), (n,), generator=rng).tolist()]
+
+    def images(n, rng):
+        return _qwen_visual(pick(QWEN_IMAGE_GRIDS, n, rng), "image", rng)
+
+    def videos(n, rng):
+        return _qwen_visual(pick(QWEN_VIDEO_GRIDS, n, rng), "video", rng)
+
+    return QwenTiny(model, images, videos)
+
+
+def build_qwen2_vl(attn: str = "sdpa", seed: int = 0) -> QwenTiny:
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    config = Qwen2VLConfig(
+        text_config=QWEN_TEXT_CONFIG,
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2,
+                           patch_size=QWEN_PATCH, spatial_merge_size=QWEN_MERGE,
+                           temporal_patch_size=QWEN_TEMPORAL),
+        **_QWEN_IDS)
+    torch.manual_seed(seed)
+    return _qwen_tiny(_finish(Qwen2VLForConditionalGeneration(config), attn))
+
+
+def build_qwen2_5_vl(attn: str = "sdpa", seed: int = 0) -> QwenTiny:
+    """Windows of 2×2 merged tokens (8 px) in layer 0, full attention in layer 1: images wider
+    than a window are computed in window order and restored at the end of the tower."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    config = Qwen2_5_VLConfig(
+        text_config=QWEN_TEXT_CONFIG,
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=37, num_heads=4,
+                           out_hidden_size=32, patch_size=QWEN_PATCH,
+                           spatial_merge_size=QWEN_MERGE, temporal_patch_size=QWEN_TEMPORAL,
+                           window_size=8, fullatt_block_indexes=[1]),
+        **_QWEN_IDS)
+    torch.manual_seed(seed)
+    return _qwen_tiny(_finish(Qwen2_5_VLForConditionalGeneration(config), attn))
+
+
+def build_qwen3_vl(attn: str = "sdpa", seed: int = 0) -> QwenTiny:
+    """DeepStack features from both vision layers, added after decoder layers 0 and 1."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    config = Qwen3VLConfig(
+        text_config=QWEN_TEXT_CONFIG,
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=37, num_heads=4,
+                           out_hidden_size=32, patch_size=QWEN_PATCH,
+                           spatial_merge_size=QWEN_MERGE, temporal_patch_size=QWEN_TEMPORAL,
+                           num_position_embeddings=16, deepstack_visual_indexes=[0, 1]),
+        **_QWEN_IDS)
+    torch.manual_seed(seed)
+    return _qwen_tiny(_finish(Qwen3VLForConditionalGeneration(config), attn))
+
+
+BUILDERS.update({
+    "qwen2_vl": build_qwen2_vl,
+    "qwen2_5_vl": build_qwen2_5_vl,
+    "qwen3_vl": build_qwen3_vl,
+})
+
+
+def _qwen_split(visual: Dict[str, torch.Tensor], key: str):
+    """Per unit: (its patch rows, its grid row)."""
+    pixels = visual["pixel_values" if key == "image" else "pixel_values_videos"]
+    grid = visual[f"{key}_grid_thw"]
+    return list(zip(torch.split(pixels, grid.prod(-1).tolist()), grid))
+
+
+def _qwen_join(units, key: str) -> Dict[str, torch.Tensor]:
+    pixels = "pixel_values" if key == "image" else "pixel_values_videos"
+    return {pixels: torch.cat([p for p, _ in units]),
+            f"{key}_grid_thw": torch.stack([g for _, g in units])}
+
+
+def make_qwen_batch(tiny: QwenTiny, prompts, seed: int = 0):
+    """:func:`make_batch` for Qwen-VL: segments are ints (random text), ``"img"`` and ``"vid"``.
+
+    An image is ``<|vision_start|> <image>×n <|vision_end|>``; a video the same with video
+    placeholders, except on Qwen3-VL, which writes each frame pair after a timestamp (here one
+    random text token) in its own start/end pair. Also returns ``mm_token_type_ids`` (0 text,
+    1 image, 2 video), which the model needs to compute its M-RoPE positions.
+    """
+    rng = torch.Generator().manual_seed(seed)
+    count = {kind: sum(seg == kind for prompt in prompts for seg in prompt)
+             for kind in ("img", "vid")}
+    per_frame = tiny.model.config.model_type == "qwen3_vl"
+    units = {"image": _qwen_split(tiny.images(count["img"], rng), "image") if count["img"] else [],
+             "video": _qwen_split(tiny.videos(count["vid"], rng), "video") if count["vid"] else []}
+    used = {"image": 0, "video": 0}
+    rows, row_units = [], []
+    for prompt in prompts:
+        ids, types, mine = [1], [0], {"image": [], "video": []}
+        for seg in prompt:
+            if isinstance(seg, int):
+                ids += torch.randint(3, QWEN_TEXT_TOP, (seg,), generator=rng).tolist()
+                types += [0] * seg
+                continue
+            key = "image" if seg == "img" else "video"
+            _, (t, h, w) = units[key][used[key]]
+            mine[key].append(used[key])
+            used[key] += 1
+            token, code = (IMAGE_ID, 1) if key == "image" else (QWEN_VIDEO_ID, 2)
+            frame = int(h * w) // (QWEN_MERGE * QWEN_MERGE)
+            runs = [frame] * int(t) if key == "video" and per_frame else [frame * int(t)]
+            for run in runs:
+                if key == "video" and per_frame:  # the frame's timestamp
+                    ids += torch.randint(3, QWEN_TEXT_TOP, (1,), generator=rng).tolist()
+                    types += [0]
+                ids += [QWEN_VISION_START] + [token] * run + [QWEN_VISION_END]
+                types += [0] + [code] * run + [0]
+        rows.append((ids, types))
+        row_units.append(mine)
+    length = max(len(ids) for ids, _ in rows)
+    batch = {"input_ids": torch.full((len(rows), length), PAD_ID, dtype=torch.long),
+             "attention_mask": torch.zeros((len(rows), length), dtype=torch.long),
+             "mm_token_type_ids": torch.zeros((len(rows), length), dtype=torch.long)}
+    singles = []
+    for b, ((ids, types), mine) in enumerate(zip(rows, row_units)):
+        batch["input_ids"][b, length - len(ids):] = torch.tensor(ids)
+        batch["attention_mask"][b, length - len(ids):] = 1
+        batch["mm_token_type_ids"][b, length - len(ids):] = torch.tensor(types)
+        single = {"input_ids": torch.tensor([ids]),
+                  "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+                  "mm_token_type_ids": torch.tensor([types])}
+        for key in ("image", "video"):
+            if mine[key]:
+                single.update(_qwen_join([units[key][i] for i in mine[key]], key))
+        singles.append(single)
+    for key in ("image", "video"):
+        if units[key]:
+            batch.update(_qwen_join(units[key], key))
+    return batch, singles

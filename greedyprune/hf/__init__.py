@@ -52,6 +52,33 @@ What happens (SPEC.md §5):
   of ``image_newline``) and the crop layout is confirmed against the projector's output, so
   this works when ``generate()`` encodes the images ahead of the prefill (dropping
   ``image_sizes``) as well as in a plain forward.
+- Qwen2-VL, Qwen2.5-VL, Qwen3-VL: the budget applies to each image and to each video
+  (``pixel_values_videos``; images and videos may share a batch and a row). The model computes
+  its M-RoPE position ids on the full sequence (pass ``mm_token_type_ids``, as the processor
+  returns it); the kept tokens keep theirs on every axis, and decoding continues from the
+  unpruned numbering (the model's ``rope_deltas`` come from the full sequence; a decoding step
+  that passes neither position ids nor a mask, which Qwen numbers from the cache length, is
+  moved back to the unpruned numbering). Qwen3-VL's DeepStack features are kept for the kept
+  tokens only. No [CLS] token: ``saliency="cls"`` is refused. Records carry a ``PatchGrid`` of
+  the merged ``(t, h, w)`` grid.
+- Gemma 3: its decoder takes a dict of 4-D masks ({"full_attention", "sliding_attention"})
+  that the model builds from ``token_type_ids`` (each image's tokens attend to one another
+  bidirectionally). The hook rebuilds that dict from the pruned 2-D mask and the
+  ``token_type_ids`` gathered with the kept tokens, at the prefill and at every decoding step;
+  an image's kept tokens stay one bidirectional block. Placeholders are found in the
+  ``input_ids`` the model is called with (an out-of-vocabulary image token is embedded as 0).
+- LLaVA-OneVision: images follow the LLaVA-NeXT newline rule (newlines found by value, the
+  crop layout confirmed against the projector's output; a canvas the model resampled to fit
+  "anyres_max_N" has no exact patch map, so its record has no grid). Each video
+  (``pixel_values_videos``: pooled frames, then one ``image_newline``, which stays) has its own
+  budget; tens of thousands of tokens per video are fine (the selection needs O(N) memory).
+- Idefics3 / SmolVLM: every placeholder token is a candidate; the processor's markers
+  (``<fake_token_around_image>``, ``<row_i_col_j>``, ``<global-img>``, newlines) are text. The
+  budget is per image, over its sub-images and global image, which are grouped by the
+  ``<global-img>`` marker that precedes every row's last crop; records carry the crop grid
+  (view 1) and the global image (view 0). Prompts without that layout get one budget per crop.
+- No [CLS] token in the SigLIP towers of Gemma 3, LLaVA-OneVision and Idefics3 / SmolVLM:
+  ``saliency="cls"`` is refused there, naming "text" and "none".
 - Refused with a clear error rather than answered wrongly: static or compilable caches,
   ``torch.compile``, several new tokens on a pruned cache (assisted decoding, prompt lookup,
   chunked prefill, continuing from a pruned ``past_key_values``), images in a call that

@@ -41,6 +41,17 @@ An entry answers:
   when a step passes none). The 2-D padding mask itself then comes from the inner forward's
   ``attention_mask`` argument. None means the decoder takes the 2-D mask as
   ``attention_mask``.
+- ``prune_kwargs(kwargs, new, keep)``: for decoder arguments the generic gathering cannot
+  shorten (Qwen3-VL's ``deepstack_visual_embeds``, a list of per-visual-token features aligned
+  with ``visual_pos_masks``): called at the prefill with the decoder's original keyword
+  arguments, the pruned ones (update them in place) and the (B, L) keep mask. None: nothing to do.
+- ``decode_position_ids(inner, inputs, position_ids, shift)``: for inner models that number a
+  decode step themselves from the cache length (Qwen2-VL's M-RoPE: cache length plus the cached
+  ``rope_deltas`` when the call has neither position ids nor an attention mask): called at each
+  decode step on a pruned cache with the inner forward's ``call_inputs``, the position ids the
+  decoder received (possibly None) and ``shift``, the tokens the prefill removed (L - L');
+  returns the position ids of the unpruned numbering. None: the decoder's position ids are kept
+  as given (missing ones are numbered after the unpruned prompt).
 
 Conventions the generic code relies on (true of LLaVA, LLaVA-NeXT, Qwen2-VL, Gemma 3 in
 transformers 5.24): the inner model fills placeholder tokens with features in row-major order
@@ -49,6 +60,7 @@ is called with keyword arguments only.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -137,6 +149,8 @@ class ArchSpec:
     seq_kwargs: Tuple[str, ...] = ()
     decoder_mask: Optional[Callable[..., Any]] = None
     mask_inputs: Tuple[str, ...] = ()
+    prune_kwargs: Optional[Callable[..., None]] = None
+    decode_position_ids: Optional[Callable[..., Any]] = None
 
     @property
     def classes(self) -> Tuple[str, ...]:
@@ -433,6 +447,451 @@ register(ArchSpec(
     projector=attrgetter("multi_modal_projector"),
     cls_probe=clip_cls_probe,
 ))
+
+
+# --- Gemma 3, LLaVA-OneVision, Idefics3 / SmolVLM (issue 5) --------------------------------------
+#
+# Their vision towers are SigLIP (Idefics3 / SmolVLM: a SigLIP variant; every LLaVA-OneVision
+# checkpoint too), which has no [CLS] token, so these entries have no ``cls_probe``:
+# ``saliency="cls"`` is refused at attach time.
+
+
+def _cell_grid(side: int, n: int, first_patch: int = 0) -> PatchGrid:
+    """A PatchGrid for ``n`` tokens that are the cells of one ``side × side`` raster (view 0),
+    token ``i`` being cell ``i + first_patch``; cells outside the raster are marked -1."""
+    cell = np.arange(n, dtype=np.int64) + first_patch
+    source = np.stack([np.zeros(n, np.int64), cell // side, cell % side], axis=1)
+    source[(cell < 0) | (cell >= side * side)] = -1
+    return PatchGrid(patch_side=side, token_source=source)
+
+
+def _even_counts(ctx: "UnitsContext", per_unit: int, what: str) -> List[int]:
+    if per_unit <= 0 or ctx.total % per_unit:
+        raise ValueError(f"{ctx.total} {what} placeholder tokens are not a whole number of "
+                         f"{what}s of {per_unit} tokens")
+    return [per_unit] * (ctx.total // per_unit)
+
+
+# --- Gemma 3 ---
+
+
+def gemma3_units(ctx: "UnitsContext") -> List[UnitLayout]:
+    """Gemma 3: every image is ``mm_tokens_per_image`` tokens, the SigLIP patches
+    average-pooled to a ``s × s`` raster (s² = mm_tokens_per_image), all of them candidates.
+    The ``<start_of_image>`` and ``<end_of_image>`` tokens around the run are text to the
+    model, and so to the hooks."""
+    per_image = int(ctx.inner.config.mm_tokens_per_image)
+    side = math.isqrt(per_image)
+    return [UnitLayout(n, grid=_cell_grid(side, n) if side * side == n else None)
+            for n in _even_counts(ctx, per_image, "image")]
+
+
+def gemma3_decoder_mask(inner, mask, kwargs, per_token):
+    """Gemma 3's decoder takes a dict of 4-D masks ({"full_attention", "sliding_attention"}),
+    which the inner model builds from the unpruned sequence. Rebuild it the way the model does,
+    from the pruned 2-D ``mask`` and the ``token_type_ids`` gathered with the kept tokens: each
+    image's kept tokens still form one contiguous block that attends to itself bidirectionally
+    (causally to everything else), and sliding layers keep their window over the cached, i.e.
+    kept, tokens. At a decode step (one text token, type 0) this is the causal mask."""
+    from transformers.masking_utils import create_masks_for_generate
+    from transformers.models.gemma3 import modeling_gemma3
+
+    embeds = kwargs["inputs_embeds"]
+    cache = kwargs.get("cache")
+    cache = cache if cache is not None else kwargs.get("past_key_values")
+    mask_kwargs = dict(config=inner.config.get_text_config(), inputs_embeds=embeds,
+                       attention_mask=mask, cache=cache, position_ids=kwargs.get("position_ids"))
+    types = per_token.get("token_type_ids")
+    if types is None:
+        return create_masks_for_generate(**mask_kwargs)
+    blocks = modeling_gemma3.get_block_sequence_ids_for_mask(types, device=embeds.device)
+    return modeling_gemma3.create_masks_for_vision_model(block_sequence_ids=blocks, **mask_kwargs)
+
+
+register(ArchSpec(
+    name="gemma3",
+    top_classes=("Gemma3ForConditionalGeneration",),
+    inner_classes=("Gemma3Model",),
+    media=(Media("image", _image_token_id, gemma3_units),),
+    call_inputs=("pixel_values", "mm_encoder_outputs"),
+    vision_tower=attrgetter("vision_tower"),
+    decoder_mask=gemma3_decoder_mask,
+    mask_inputs=("token_type_ids",),
+))
+
+
+# --- LLaVA-OneVision ---
+
+
+def _onevision_tokens_per_crop(inner, inputs) -> Tuple[int, int, int]:
+    """(tokens per tower crop after the feature strategy, patches per side, patch index of a
+    crop's first token). A SigLIP tower (the usual one) has no [CLS]: "full" keeps its side²
+    patches; a CLIP tower's [CLS] is patch -1."""
+    vision = inner.config.vision_config
+    side = int(vision.image_size) // int(vision.patch_size)
+    embeddings = getattr(inner.vision_tower, "embeddings", None)
+    has_cls = getattr(embeddings, "class_embedding", None) is not None
+    dropped = int(_feature_strategy(inner, inputs) == "default")
+    return side * side + int(has_cls) - dropped, side, dropped - int(has_cls)
+
+
+def onevision_image_units(ctx: "UnitsContext") -> List[UnitLayout]:
+    """LLaVA-OneVision images, packed as in LLaVA-NeXT: a base crop (one tower input, no
+    newline), then the unpadded high-resolution canvas row by row, each row ended by
+    ``image_newline``; an image of a multi-image prompt (which the model does not split, see
+    ``batch_num_images``) is one crop plus one newline.
+
+    Newlines follow the LLaVA-NeXT rule (never candidates; one is kept exactly when a token of
+    its row is kept) and are recognized by value, since ``generate()`` drops ``image_sizes``
+    and ``batch_num_images`` once it has encoded the images. The patch grid is read from the
+    data as for LLaVA-NeXT: the crop grid whose projector outputs reproduce the image's tokens
+    exactly. A canvas larger than "anyres_max_N" allows was resampled by the model: its tokens
+    have no exact patch, so that image (and, its crop count being unknown, every later image of
+    the call) gets no grid; the newline rule does not need one.
+    """
+    inner = ctx.inner
+    config, vision = inner.config, inner.config.vision_config
+    images = _encoded_images(ctx)
+    if images is None:
+        raise ValueError("LLaVA-OneVision: could not see this call's image features (pass "
+                         "pixel_values and image_sizes, or mm_encoder_outputs from the model)")
+    per_crop, side, first_patch = _onevision_tokens_per_crop(inner, ctx.inputs)
+    sizes = ctx.inputs.get("image_sizes")
+    sizes = None if sizes is None else [tuple(int(v) for v in s) for s in _tolist(sizes)]
+    grids = sorted({(h // vision.image_size, w // vision.image_size)
+                    for h, w in config.image_grid_pinpoints}, key=lambda g: (g[0] * g[1], g))
+    check = _FingerprintCheck(ctx.run, 0)   # sources below index the projector's tokens
+    units, crop = [], 0
+    for index, tokens in enumerate(images):
+        n = int(tokens.shape[0])
+        newline = (tokens == inner.image_newline.to(tokens)).all(-1).cpu().numpy()
+        group = (np.cumsum(newline) - newline).astype(np.int64)
+        if n == per_crop + 1 and newline[-1] and newline.sum() == 1:
+            # The newline falls outside the raster (cell side²) and is marked -1.
+            units.append(UnitLayout(n, structural=newline, group=group,
+                                    grid=_cell_grid(side, n, first_patch)))
+            crop += 1
+            continue
+        group = np.where(np.arange(n) < per_crop, -1, group)  # the base crop has no newline
+        rows = int(newline.sum())
+        width = (n - per_crop) // max(rows, 1) - 1   # canvas tokens per row, newline excluded
+        grid = None
+        if rows and width > 0 and per_crop + rows * (width + 1) == n:
+            for shape in grids:
+                placed = _onevision_canvas(crop, shape, rows, width, side, per_crop, first_patch)
+                if placed is not None and check.confirms(tokens, newline, placed[0]):
+                    size = sizes[index] if sizes is not None and index < len(sizes) else None
+                    grid = PatchGrid(
+                        patch_side=side, token_source=_with_newlines(placed[1], newline),
+                        crop_grid=(int(shape[0]), int(shape[1])),
+                        canvas_pixels=(shape[0] * vision.image_size, shape[1] * vision.image_size),
+                        image_size=size)
+                    crop += 1 + shape[0] * shape[1]
+                    break
+        if grid is None:
+            check.disable()
+        units.append(UnitLayout(n, structural=newline, group=group, grid=grid))
+    return units
+
+
+def _onevision_canvas(first_crop, shape, rows, width, side, per_crop, first_patch):
+    """For an image whose high-resolution crops form a ``shape`` grid and unpad to ``rows`` ×
+    ``width`` tokens: each non-newline token's (crop, index in that crop's projector output),
+    and its (view, row, col) patch; None when that grid cannot unpad to that shape."""
+    height, full_width = shape[0] * side, shape[1] * side
+    if rows == height and width <= full_width and (full_width - width) % 2 == 0:
+        top, left = 0, (full_width - width) // 2
+    elif width == full_width and rows <= height and (height - rows) % 2 == 0:
+        top, left = (height - rows) // 2, 0
+    else:
+        return None
+    base = np.arange(per_crop)
+    patch = base + first_patch
+    r, c = np.divmod(np.arange(rows * width), width)
+    r, c = r + top, c + left
+    crops = np.r_[np.full(per_crop, first_crop), first_crop + 1 + (r // side) * shape[1] + c // side]
+    cells = np.r_[patch, (r % side) * side + c % side]
+    index = cells - first_patch   # a token's place in its crop's projector output
+    source = np.concatenate([
+        np.stack([np.zeros(per_crop, np.int64), patch // side, patch % side], axis=1),
+        np.stack([np.ones(rows * width, np.int64), r, c], axis=1)])
+    source[:per_crop][(patch < 0) | (patch >= side * side)] = -1
+    return list(zip(crops.tolist(), index.tolist())), source
+
+
+def _with_newlines(source, newline):
+    """Spread per-token rows over the full run, -1 at the newline positions."""
+    full = np.full((len(newline), 3), -1, dtype=np.int64)
+    full[~newline] = source
+    return full
+
+
+def onevision_video_units(ctx: "UnitsContext") -> List[UnitLayout]:
+    """LLaVA-OneVision videos: every frame's patches pooled 2× per side, frame after frame, then
+    one ``image_newline`` for the whole video. One budget per video; the newline is structural
+    and stays (every video keeps at least one token)."""
+    import torch
+
+    features = getattr(ctx.encoder_output, "pooler_output", None)
+    if isinstance(features, torch.Tensor):
+        counts = [int(features.shape[1])] * int(features.shape[0])
+    else:
+        videos = ctx.inputs.get("pixel_values_videos")
+        count = 0 if videos is None else int(videos.shape[0])
+        counts = _even_counts(ctx, ctx.total // count if count else 0, "video")
+    units = []
+    for n in counts:
+        structural = np.zeros(n, dtype=bool)
+        structural[-1] = True
+        units.append(UnitLayout(n, structural=structural, group=np.zeros(n, dtype=np.int64)))
+    return units
+
+
+def _video_token_id(config) -> int:
+    return int(config.video_token_id)
+
+
+register(ArchSpec(
+    name="llava_onevision",
+    top_classes=("LlavaOnevisionForConditionalGeneration",),
+    inner_classes=("LlavaOnevisionModel",),
+    media=(Media("image", _image_token_id, onevision_image_units),
+           Media("video", _video_token_id, onevision_video_units,
+                 pixel_key="pixel_values_videos", encoder_key="video")),
+    call_inputs=_LLAVA_INPUTS + ("pixel_values_videos",),
+    vision_tower=attrgetter("vision_tower"),
+    projector=attrgetter("multi_modal_projector"),
+))
+
+
+# --- Idefics3 / SmolVLM ---
+
+
+def idefics3_units(ctx: "UnitsContext") -> List[UnitLayout]:
+    """Idefics3 and SmolVLM: the processor splits an image into ``R × C`` sub-images (crops of
+    the tower's size) plus a downscaled global image, and writes each crop as its own run of
+    ``image_seq_len`` placeholders after a marker: ``<fake_token_around_image><row_i_col_j>``
+    for a sub-image (a newline after each row of them), ``<fake_token_around_image><global-img>``
+    for the global image, which comes last (an image too small to split is its global image
+    alone). The markers and newlines are text, never candidates. Every placeholder token is a
+    candidate: the pixel-shuffled raster of its crop (``scale_factor²`` patches per token).
+
+    The budget is per image, so the crops of one image are grouped. The marker ids are the
+    processor's, not in the model's config, so they are read from the data: every row's last
+    crop is a global image, which names the ``<global-img>`` id, and a crop after that marker
+    closes an image. A row of sub-images ends where more than the two marker tokens separate
+    two consecutive sub-images (the newline). Recorded grid: view 0 the global image, view 1 the
+    ``R × C`` crops. Prompts that follow another layout (no common marker before every row's
+    last crop, runs that are not whole crops, no ``input_ids``) fall back to one budget per
+    crop, with one grid per crop.
+    """
+    config = ctx.inner.config
+    vision = config.vision_config
+    side = int(vision.image_size) // int(vision.patch_size) // int(config.scale_factor)
+    per_crop = side * side
+    counts = _even_counts(ctx, per_crop, "image")
+    per_crop_units = [UnitLayout(n, grid=_cell_grid(side, n)) for n in counts]
+    images = _idefics3_images(ctx.inputs.get("input_ids"), int(config.image_token_id), per_crop)
+    if images is None or sum(len(starts) for starts in images) != len(counts):
+        return per_crop_units
+    return [_idefics3_layout(starts, side, int(vision.image_size)) for starts in images]
+
+
+def _idefics3_images(input_ids, image_token_id: int, per_crop: int):
+    """Each image's crop start positions (row-major over the batch), or None when the prompt
+    does not follow the processor's layout."""
+    if input_ids is None:
+        return None
+    ids = input_ids.cpu().numpy()
+    runs = []   # per row: [(start, marker id)]
+    for row in ids:
+        positions = np.flatnonzero(row == image_token_id)
+        if not len(positions):
+            runs.append([])
+            continue
+        breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+        starts = positions[np.r_[0, breaks]]
+        stops = positions[np.r_[breaks - 1, len(positions) - 1]] + 1
+        if np.any(stops - starts != per_crop) or starts[0] == 0:
+            return None
+        runs.append([(int(s), int(row[s - 1])) for s in starts])
+    closers = {row_runs[-1][1] for row_runs in runs if row_runs}
+    if len(closers) != 1:
+        return None
+    (global_marker,) = closers
+    images = []
+    for row_runs in runs:
+        current = []
+        for start, marker in row_runs:
+            current.append(start)
+            if marker == global_marker:
+                images.append(current)
+                current = []
+    return images
+
+
+def _idefics3_layout(starts, side: int, image_size: int) -> UnitLayout:
+    """One image of ``len(starts)`` crops (sub-images, then the global image)."""
+    per_crop = side * side
+    n = per_crop * len(starts)
+    cell = np.arange(per_crop)
+    global_source = np.stack([np.zeros(per_crop, np.int64), cell // side, cell % side], axis=1)
+    sub = len(starts) - 1
+    if sub == 0:
+        return UnitLayout(n, grid=PatchGrid(patch_side=side, token_source=global_source))
+    # Text between consecutive sub-images: the two markers within a row of crops, a newline
+    # and the markers from one row to the next.
+    gaps = np.diff(starts[:sub]) - per_crop
+    new_row = np.r_[False, gaps > 2]
+    rows = int(new_row.sum()) + 1
+    cols = sub // rows
+    if rows * cols != sub or np.any(np.bincount(np.cumsum(new_row)) != cols):
+        return UnitLayout(n)   # not a rectangular grid of crops: no patch map
+    sources = []
+    for k in range(sub):
+        i, j = divmod(k, cols)
+        sources.append(np.stack([np.ones(per_crop, np.int64), i * side + cell // side,
+                                 j * side + cell % side], axis=1))
+    sources.append(global_source)
+    return UnitLayout(n, grid=PatchGrid(
+        patch_side=side, token_source=np.concatenate(sources), crop_grid=(rows, cols),
+        canvas_pixels=(rows * image_size, cols * image_size)))
+
+
+register(ArchSpec(
+    name="idefics3",
+    top_classes=("Idefics3ForConditionalGeneration",),
+    inner_classes=("Idefics3Model",),
+    media=(Media("image", _image_token_id, idefics3_units),),
+    decoder=attrgetter("text_model"),
+    call_inputs=("input_ids", "pixel_values", "mm_encoder_outputs"),
+    vision_tower=attrgetter("vision_model"),
+))
+
+register(ArchSpec(
+    name="smolvlm",
+    top_classes=("SmolVLMForConditionalGeneration",),
+    inner_classes=("SmolVLMModel",),
+    media=(Media("image", _image_token_id, idefics3_units),),
+    decoder=attrgetter("text_model"),
+    call_inputs=("input_ids", "pixel_values", "mm_encoder_outputs"),
+    vision_tower=attrgetter("vision_model"),
+))
+
+
+# --- Qwen2-VL / Qwen2.5-VL / Qwen3-VL (issue 5) -------------------------------------------------
+
+
+def _qwen_units(kind: str):
+    """The ``units`` function of Qwen's images (``kind="image"``) or videos (``"video"``).
+
+    The vision tower cuts an image or video into 14-px (Qwen3-VL: 16-px) patches on a
+    ``(t, h, w)`` grid (``t`` counts pairs of frames, ``temporal_patch_size``; 1 for an image),
+    and its merger turns each ``m × m`` block of patches (``spatial_merge_size``) into one
+    token, so a unit has ``t·h·w / m²`` tokens, in raster order over ``(t, h/m, w/m)``
+    (Qwen2.5-VL computes in window order and restores this order at the end of ``visual``).
+    One image or one video is one unit: the budget applies to each. Qwen3-VL writes a video
+    frame by frame, each run of placeholders after its timestamp text; the unit is still the
+    whole video. No token is structural (``<|vision_start|>`` / ``<|vision_end|>`` and the
+    timestamps are text tokens and never pruned).
+
+    The grids come from the vision run's ``grid_thw`` (``generate()`` drops ``image_grid_thw``
+    from the model's inputs once it has encoded the images), else from the call's
+    ``image_grid_thw`` / ``video_grid_thw``; the token counts from the encoder's per-unit
+    features. Without a grid the unit has no :class:`PatchGrid`.
+    """
+    def units(ctx: "UnitsContext") -> List[UnitLayout]:
+        vision = ctx.inner.config.vision_config
+        merge = int(vision.spatial_merge_size)
+        grids = ctx.run.tower_kwargs.get("grid_thw") if ctx.run is not None else None
+        if grids is None:
+            grids = ctx.inputs.get(f"{kind}_grid_thw")
+        grids = None if grids is None else [tuple(int(v) for v in g) for g in _tolist(grids)]
+        features = _encoded_images(ctx)
+        if features is not None:
+            counts = [int(t.shape[0]) for t in features]
+        elif grids is not None:
+            counts = [t * h * w // (merge * merge) for t, h, w in grids]
+        else:
+            raise ValueError(f"Qwen-VL: could not see this call's {kind} features or "
+                             f"{kind}_grid_thw; pass them to the model")
+        if grids is not None and [t * h * w // (merge * merge) for t, h, w in grids] != counts:
+            grids = None  # not this call's grids: leave the patch map out rather than guess
+        layouts = []
+        for i, n in enumerate(counts):
+            grid = None
+            if grids is not None:
+                t, h, w = grids[i]
+                grid = PatchGrid(patch_side=int(vision.patch_size),
+                                 token_source=_qwen_token_source(t, h // merge, w // merge))
+            layouts.append(UnitLayout(n, grid=grid))
+        return layouts
+
+    return units
+
+
+def _qwen_token_source(t: int, rows: int, cols: int) -> np.ndarray:
+    """(view, row, col) of each token of a ``t × rows × cols`` merged grid, raster order; the
+    view is the temporal index (0 for an image)."""
+    view, row, col = np.meshgrid(np.arange(t), np.arange(rows), np.arange(cols), indexing="ij")
+    return np.stack([view.ravel(), row.ravel(), col.ravel()], axis=1).astype(np.int64)
+
+
+def qwen_decode_position_ids(inner, inputs, position_ids, shift: int):
+    """A decode step that passed the inner model neither position ids nor an attention mask
+    (a hand-written decoding loop) is numbered there from the cache length plus the
+    ``rope_deltas`` it cached at the prefill; the pruned cache is ``shift`` tokens shorter than
+    the unpruned one, so move those positions (every M-RoPE axis) by ``shift``. With position
+    ids (``generate()`` passes them) or a mask of the unpruned length, the model's numbering
+    already is the unpruned one."""
+    if (position_ids is None or inputs.get("position_ids") is not None
+            or inputs.get("attention_mask") is not None):
+        return position_ids
+    return position_ids + shift
+
+
+def qwen3_prune_deepstack(kwargs, new, keep) -> None:
+    """Qwen3-VL adds features from intermediate vision layers (DeepStack) to the hidden states of
+    the first decoder layers at the visual positions: ``deepstack_visual_embeds`` is a list of
+    (visual tokens, D) tensors in row-major order of ``visual_pos_masks``. Keep the rows of the
+    kept visual tokens (``visual_pos_masks`` itself is gathered as a per-token argument)."""
+    embeds, visual = kwargs.get("deepstack_visual_embeds"), kwargs.get("visual_pos_masks")
+    if embeds is None or visual is None:
+        return
+    kept = keep.to(visual.device)[visual.bool()]
+    new["deepstack_visual_embeds"] = [e[kept.to(e.device)] for e in embeds]
+
+
+def _qwen_video_token_id(config) -> int:
+    return int(config.video_token_id)
+
+
+_QWEN_MEDIA = (
+    Media("image", _image_token_id, _qwen_units("image")),
+    Media("video", _qwen_video_token_id, _qwen_units("video"), pixel_key="pixel_values_videos",
+          encoder_key="video"),
+)
+_QWEN_INPUTS = ("pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw",
+                "mm_encoder_outputs", "position_ids", "attention_mask")
+
+for _name, _top, _inner in (
+        ("qwen2_vl", "Qwen2VLForConditionalGeneration", "Qwen2VLModel"),
+        ("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLModel"),
+        ("qwen3_vl", "Qwen3VLForConditionalGeneration", "Qwen3VLModel")):
+    register(ArchSpec(
+        name=_name,
+        top_classes=(_top,),
+        inner_classes=(_inner,),
+        media=_QWEN_MEDIA,
+        call_inputs=_QWEN_INPUTS,
+        # The whole tower, not its merger: Qwen2.5-VL restores the token order after it.
+        vision_tower=attrgetter("visual"),
+        cls_probe=None,  # no [CLS] token: saliency="cls" is refused at attach time
+        seq_kwargs=("visual_pos_masks",) if _name == "qwen3_vl" else (),
+        prune_kwargs=qwen3_prune_deepstack if _name == "qwen3_vl" else None,
+        decode_position_ids=qwen_decode_position_ids,
+    ))
+del _name, _top, _inner
 
 
 def supported_classes() -> List[str]:

@@ -215,7 +215,9 @@ class PruneHandle:
                 masks[media.name] = input_ids == token_id
             elif embeds is not None:
                 # Without input_ids the model itself finds placeholders by their embedding.
-                target = module.get_input_embeddings().weight[token_id].to(embeds)
+                # Through the embedding's forward: Gemma 3 scales its embeddings there.
+                embed = module.get_input_embeddings()
+                target = embed(torch.tensor(token_id, device=embed.weight.device)).to(embeds)
                 masks[media.name] = (embeds == target).all(-1)
         has_media = any(bool(mask.any()) for mask in masks.values())
         self._call = _Call(
@@ -363,6 +365,8 @@ class PruneHandle:
         new["position_ids"] = _prune.gather_last(positions, compaction)
         for name in self._per_token_kwargs(kwargs, batch, length):
             new[name] = _prune.gather_last(kwargs[name], compaction)
+        if spec.prune_kwargs is not None:
+            spec.prune_kwargs(kwargs, new, plan.keep)
         incoming = kwargs.get("attention_mask")
         mask_dtype = incoming.dtype if _is_2d_mask(incoming) else torch.long
         mask = (~compaction.padding).to(mask_dtype)
@@ -411,6 +415,8 @@ class PruneHandle:
             )
         generated = past - request.pruned_length + steps   # tokens after the prefill, this one included
         incoming = kwargs.get("attention_mask")
+        if self._spec.decoder_mask is not None and not _is_2d_mask(incoming):
+            incoming = call.inputs.get("attention_mask")   # the 2-D mask the model was given
         if _is_2d_mask(incoming) and incoming.shape[1] == request.unpruned_length + generated:
             tail = incoming[:, request.unpruned_length:].to(request.mask)
         elif incoming is None or _is_2d_mask(incoming) or self._spec.decoder_mask is not None:
@@ -429,9 +435,13 @@ class PruneHandle:
                 stored = torch.cat([stored, stored.new_zeros(*stored.shape[:-1], missing)], -1)
             request.per_token[name] = torch.cat([stored[..., :past], step], -1)
         new["attention_mask"] = self._decoder_mask(mask, new, request.per_token)
-        if kwargs.get("position_ids") is None:
+        offset = request.unpruned_length - request.pruned_length
+        if self._spec.decode_position_ids is not None:
+            # The inner model may have numbered this step from the (pruned) cache length.
+            new["position_ids"] = self._spec.decode_position_ids(
+                self._inner, call.inputs, kwargs.get("position_ids"), offset)
+        if new.get("position_ids") is None:
             # The unpruned model would number this token after its full-length cache.
-            offset = request.unpruned_length - request.pruned_length
             new["position_ids"] = torch.arange(past + offset, past + offset + steps,
                                                device=embeds.device)[None]
         return args, new

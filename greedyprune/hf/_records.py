@@ -28,6 +28,19 @@ class PatchGrid:
     - ``(-1, -1, -1)`` marks a token that is not an image patch: a LLaVA-NeXT row-separator
       (newline) token, or the vision tower's [CLS] token when the model keeps it
       (``vision_feature_select_strategy="full"``).
+
+    Qwen2-VL, Qwen2.5-VL and Qwen3-VL: one token per ``m × m`` block of patches (the spatial
+    merge), so ``row`` and ``col`` count merged tokens over the whole resized image (no crop);
+    ``view`` is 0 for an image and the temporal index (pair of frames) for a video;
+    ``patch_side`` is the tower's patch size in pixels (14, or 16 on Qwen3-VL).
+
+    Gemma 3: view 0 only, a ``patch_side × patch_side`` raster of pooled tokens (4 × 4 patches
+    each at 896 px) over the whole image, which Gemma 3's processor resizes without cropping.
+    LLaVA-OneVision: as LLaVA-NeXT (its SigLIP tower has no [CLS]; its processor resizes rather
+    than centre-crops the base image). Idefics3 / SmolVLM: ``patch_side`` cells per side of one
+    crop (each cell is ``scale_factor × scale_factor`` patches after the pixel shuffle); view 0
+    is the global image (the whole image resized to one crop), view 1 the ``crop_grid`` of
+    sub-images over ``canvas_pixels``, the image resized to that size (no padding to drop).
     """
 
     patch_side: int
