@@ -156,7 +156,9 @@ def draw_kept(
 ) -> "PIL.Image.Image":
     """The image with the patches of the ``kept`` token indices highlighted.
 
-    ``image``: a PIL image, an (H, W) / (H, W, 3|4) array (uint8, or float in [0, 1]) or a path.
+    ``image``: a PIL image, an (H, W) / (H, W, 3|4) array (uint8, or float in [0, 1]) or a path;
+    for a video record, a list of its frames (each view, a frame pair for Qwen, is drawn on the
+    frame at its share of the list) or one picture for all views.
     ``kept``: token indices into the image's token sequence (any order; may be None when
     ``order`` is given). ``grid``: the layout — ``(rows, cols)``, a side length for a square
     grid, a :class:`Panel`, a list of panels (see the ``*_layout`` helpers), or the
@@ -173,8 +175,8 @@ def draw_kept(
     """
     from PIL import Image, ImageDraw
 
-    picture = _to_pil(image)
-    views, cells, layout_tokens = _layout(picture, grid)
+    frames = image if isinstance(image, (list, tuple)) else [image]
+    views, cells, layout_tokens = _layout([_to_pil(frame) for frame in frames], grid)
     if num_tokens is None:
         num_tokens = layout_tokens
     elif num_tokens < layout_tokens:
@@ -274,12 +276,14 @@ def draw_record(image: Any, record: Any, image_index: int = 0, *, config: Any = 
 # --- pieces -----------------------------------------------------------------------------------
 
 
-def _layout(picture, grid):
+def _layout(pictures, grid):
     """``(views, cells, num_tokens)``: the pictures to draw, a map token → (view, row, col) for
-    every token that stands for a patch, and the layout's token count."""
+    every token that stands for a patch, and the layout's token count. ``pictures``: the image,
+    or a video's frames."""
     source = getattr(grid, "token_source", None)
     if source is not None:
-        return _patch_grid_layout(picture, grid, np.asarray(source))
+        return _patch_grid_layout(pictures, grid, np.asarray(source))
+    picture = pictures[0]
     views, cells, total = [], {}, 0
     for v, panel in enumerate(_panels(grid)):
         views.append(_View(_crop(picture, panel.crop), panel.rows, panel.cols, panel.title))
@@ -291,31 +295,34 @@ def _layout(picture, grid):
     return views, cells, total
 
 
-def _patch_grid_layout(picture, grid, source):
-    """Views for a ``greedyprune.hf`` ``PatchGrid``: ``token_source`` rows are (view, row, col);
-    view 0 is one tower input over the image, view 1 LLaVA-NeXT's padded high-resolution canvas."""
+def _patch_grid_layout(pictures, grid, source):
+    """Views for a ``greedyprune.hf`` ``PatchGrid``: ``token_source`` rows are (view, row, col).
+    Without a crop grid every view is one grid over the whole image (its centre square when
+    ``grid.center_crop``); several such views are the frames of a video (Qwen), each drawn on
+    the matching picture of ``pictures``. With a crop grid, view 0 is LLaVA-NeXT's base image
+    and view 1 its padded high-resolution canvas."""
     side = int(grid.patch_side)
     crop_grid = getattr(grid, "crop_grid", None)
+    view_ids = sorted({int(v) for v in source[:, 0] if v >= 0})
     views = []
-    for view_id in sorted({int(v) for v in source[:, 0] if v >= 0}):
-        if view_id == 0 and crop_grid is None:
-            # One grid over the image. A square tower input (plain LLaVA) is the centre square
-            # CLIP's processor crops; any other grid (Qwen's h x w) covers the whole image.
-            in_view = source[source[:, 0] == 0]
+    for n, view_id in enumerate(view_ids):
+        picture = pictures[n * len(pictures) // len(view_ids)]
+        if crop_grid is None:
+            in_view = source[source[:, 0] == view_id]
             rows, cols = int(in_view[:, 1].max()) + 1, int(in_view[:, 2].max()) + 1
-            square = rows == cols == side
-            views.append(_View(_crop(picture, "center" if square else "none"), rows, cols))
+            crop = "center" if getattr(grid, "center_crop", False) else "none"
+            title = f"frames {view_id}" if len(view_ids) > 1 else ""
+            views.append(_View(_crop(picture, crop), rows, cols, title))
         elif view_id == 0:
             # LLaVA-NeXT's base image: the whole image resized to one tower input.
             views.append(_View(picture, side, side, "base image"))
-        elif view_id == 1 and crop_grid is not None:
+        elif view_id == 1:
             rows, cols = crop_grid[0] * side, crop_grid[1] * side
             canvas = _padded_canvas(picture, grid.canvas_pixels or (rows, cols))
             views.append(_View(canvas, rows, cols, f"{crop_grid[0]}x{crop_grid[1]} crops"))
         else:
             raise ValueError(f"cannot draw view {view_id} of {grid!r}")
-    index_of_view = {int(v): n for n, v in
-                     enumerate(sorted({int(v) for v in source[:, 0] if v >= 0}))}
+    index_of_view = {v: n for n, v in enumerate(view_ids)}
     cells = {t: (index_of_view[int(v)], int(r), int(c))
              for t, (v, r, c) in enumerate(source.tolist()) if v >= 0}
     return views, cells, len(source)

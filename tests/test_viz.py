@@ -253,3 +253,30 @@ def test_draw_record_of_a_real_llava_next_prefill():
     assert entry.grid.crop_grid == (2, 2) and entry.tokens_after == 100
     canvas_width = round(672 * 380 / 672)
     assert out.width == 600 + 8 + canvas_width and out.height > 380
+
+
+def _square_patch_grid(side, views=1, center_crop=False):
+    from greedyprune.hf import PatchGrid
+
+    v, r, c = np.meshgrid(np.arange(views), np.arange(side), np.arange(side), indexing="ij")
+    source = np.stack([v.ravel(), r.ravel(), c.ravel()], axis=1)
+    return PatchGrid(patch_side=side, token_source=source, center_crop=center_crop)
+
+
+def test_patch_grid_crops_the_centre_only_when_the_record_says_so():
+    image = gray(300, 200)
+    whole = viz.draw_kept(image, [0], _square_patch_grid(4))           # e.g. Gemma 3, Qwen 4x4
+    cropped = viz.draw_kept(image, [0], _square_patch_grid(4, center_crop=True))  # CLIP LLaVA
+    assert whole.size == (300, 200) and cropped.size == (200, 200)
+
+
+def test_video_record_draws_one_panel_per_frame_view():
+    frames = [Image.new("RGB", (60, 40), (10 * t, 10 * t, 10 * t)) for t in range(4)]
+    grid = _square_patch_grid(2, views=2)  # Qwen video: views are frame pairs
+    out = viz.draw_kept(frames, [0, 5], grid, dim=0)
+    assert out.width == 2 * 60 + 8  # two panels, 8 px apart
+    one_picture = viz.draw_kept(frames[0], [0, 5], grid, dim=0)
+    assert one_picture.size == out.size
+    # The second panel shows the frame at its share of the list (frame 2 of 4).
+    right = np.asarray(out)[-40:, 60 + 8:]
+    assert right[20, 45].tolist() == [20, 20, 20]

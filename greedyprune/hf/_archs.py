@@ -250,6 +250,8 @@ def llava_units(ctx: "UnitsContext") -> List[UnitLayout]:
         counts = [ctx.total // n_images] * n_images
     side = int(getattr(vision, "image_size", 0)) // int(getattr(vision, "patch_size", 0) or 1)
     per_crop = side * side + 1  # a CLIP tower's sequence: [CLS], then the patches
+    # CLIP's image processor resizes the shorter side and crops the centre square.
+    center_crop = getattr(vision, "model_type", "") == "clip_vision_model"
     units = []
     for i, n in enumerate(counts):
         if n != side * side + full:  # not a square CLIP grid (e.g. a native-resolution tower)
@@ -260,7 +262,8 @@ def llava_units(ctx: "UnitsContext") -> List[UnitLayout]:
         source = np.stack([np.zeros(n, np.int64), patch // side, patch % side], axis=1)
         source[patch < 0] = -1
         units.append(UnitLayout(n, vision_index=i * per_crop + columns,
-                                grid=PatchGrid(patch_side=side, token_source=source)))
+                                grid=PatchGrid(patch_side=side, token_source=source,
+                                               center_crop=center_crop)))
     return units
 
 

@@ -48,6 +48,9 @@ class PatchGrid:
     crop_grid: Optional[Tuple[int, int]] = None
     canvas_pixels: Optional[Tuple[int, int]] = None
     image_size: Optional[Tuple[int, int]] = None
+    #: True when view 0 covers the centred square of the image, which CLIP-style processors crop
+    #: (plain LLaVA with a CLIP tower); False when the whole image was resized into it.
+    center_crop: bool = False
 
     def __repr__(self) -> str:
         extra = ""
