@@ -20,9 +20,10 @@ grid plus the crop grid, best-fit canvas and unpadded high-resolution rows, newl
 ``handle.last_prefill`` (:class:`PrefillRecord`) adds the sequence lengths, where each position
 of the pruned sequence came from, and the hook's time by stage.
 
-Supported: ``LlavaForConditionalGeneration`` and ``LlavaNextForConditionalGeneration``, and
-their inner ``LlavaModel`` / ``LlavaNextModel`` (the list comes from the table in
-:mod:`greedyprune.hf._archs`; :func:`supported_models` returns it).
+Supported, each as the top-level ``...ForConditionalGeneration`` or its inner ``...Model``: LLaVA,
+LLaVA-NeXT, LLaVA-OneVision (images and video), Qwen2-VL, Qwen2.5-VL and Qwen3-VL (images and
+video), Gemma 3, Idefics3 and SmolVLM. The list comes from the table in
+:mod:`greedyprune.hf._archs`; :func:`supported_models` returns it.
 
 What happens (SPEC.md §5):
 
