@@ -220,8 +220,8 @@ def _print_result(r: DemoResult, method, keep, lam, saliency, repeats, print_fn)
     print_fn(f"prefill:  unpruned {r.prefill_unpruned * 1e3:.1f} ms, pruned "
              f"{r.prefill_pruned * 1e3:.1f} ms -> {r.speedup:.2f}x faster "
              f"(best of {repeats}; the pruning hook itself: {r.hook_seconds * 1e3:.1f} ms)")
-    print_fn(f"answer unpruned: {r.answer_unpruned!r}")
-    print_fn(f"answer pruned:   {r.answer_pruned!r}")
+    print_fn(f"answer unpruned: {ascii(r.answer_unpruned)}")
+    print_fn(f"answer pruned:   {ascii(r.answer_pruned)}")
     if r.picture is not None:
         print_fn(f"picture:  {r.picture} (kept patches bright and outlined, pruned ones dimmed)")
 
