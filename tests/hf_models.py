@@ -7,12 +7,19 @@ config: nothing is downloaded) and a ``images(n, rng)`` function making the visu
 segments, an int for that many random text tokens and ``"img"`` for one image, e.g.
 ``[[3, "img", 2], [1, "img", 2, "img", 1]]`` for two rows holding one and two images. It returns
 the left-padded batch and each row's own unpadded inputs (for per-sample comparisons).
+
+The end of the module holds what the test files share: :func:`tiny` (each model built once per
+session), :func:`batch` (an architecture's default prompts), and the checks and oracles that
+the tests of several architectures run (:func:`merged_inputs`, :func:`reference_logits`,
+:func:`generate_batched_and_alone`, ...).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Sequence, Tuple
 
+import numpy as np
+import pytest
 import torch
 
 VOCAB = 99
@@ -69,16 +76,20 @@ def build_llava_next(attn: str = "sdpa", seed: int = 0) -> Tiny:
                              image_token_index=IMAGE_ID, vision_feature_layer=-2,
                              image_grid_pinpoints=[[16, 32], [32, 16], [32, 32]])
     torch.manual_seed(seed)
-    model = _finish(LlavaNextForConditionalGeneration(config), attn)
+    return Tiny(_finish(LlavaNextForConditionalGeneration(config), attn),
+                _anyres_images(NEXT_SIZES, 16))
 
+
+def _anyres_images(sizes, side: int):
+    """``images(n, rng)`` for the LLaVA-NeXT-like models: each image gets a random size from
+    ``sizes`` and 5 crops of ``side`` px (the base image plus at most 2×2 crops; unused crops
+    stay zero, as the processor pads them)."""
     def images(n, rng):
-        pick = torch.randint(len(NEXT_SIZES), (n,), generator=rng).tolist()
-        # 5 = the base image plus at most 2×2 crops; unused crops stay zero, as the processor
-        # pads them.
-        return {"pixel_values": torch.randn(n, 5, 3, 16, 16, generator=rng),
-                "image_sizes": torch.tensor([NEXT_SIZES[i] for i in pick])}
+        pick = torch.randint(len(sizes), (n,), generator=rng).tolist()
+        return {"pixel_values": torch.randn(n, 5, 3, side, side, generator=rng),
+                "image_sizes": torch.tensor([sizes[i] for i in pick])}
 
-    return Tiny(model, images)
+    return images
 
 
 BUILDERS: Dict[str, Callable[..., Tiny]] = {
@@ -180,14 +191,8 @@ def build_llava_onevision(attn: str = "sdpa", seed: int = 0) -> Tiny:
         vision_feature_select_strategy="full", image_grid_pinpoints=[[8, 16], [16, 8], [16, 16]],
     )
     torch.manual_seed(seed)
-    model = _finish(LlavaOnevisionForConditionalGeneration(config), attn)
-
-    def images(n, rng):
-        pick = torch.randint(len(ONEVISION_SIZES), (n,), generator=rng).tolist()
-        return {"pixel_values": torch.randn(n, 5, 3, 8, 8, generator=rng),
-                "image_sizes": torch.tensor([ONEVISION_SIZES[i] for i in pick])}
-
-    return Tiny(model, images)
+    return Tiny(_finish(LlavaOnevisionForConditionalGeneration(config), attn),
+                _anyres_images(ONEVISION_SIZES, 8))
 
 
 def _build_idefics3_like(config_cls, model_cls, attn, seed) -> Tiny:
@@ -466,3 +471,280 @@ def make_qwen_batch(tiny: QwenTiny, prompts, seed: int = 0):
         if units[key]:
             batch.update(_qwen_join(units[key], key))
     return batch, singles
+
+
+# --- what the test files share ------------------------------------------------------------------
+
+QWEN_ARCHS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+#: Architectures whose vision tower has a [CLS] token (saliency="cls" works).
+CLS_ARCHS = ("llava", "llava_next")
+
+#: Default prompts per architecture. LLaVA: rows with different lengths and image counts
+#: (left padding and re-padding). Gemma 3 / OneVision: the same plus a row without images.
+#: Idefics3 / SmolVLM: images split into sub-images ("img" is one unsplit crop). Qwen: 1 / 2 / 0
+#: images and 0 / 1 / 1 videos per row, images and videos mixed.
+LLAVA_PROMPTS = [[3, "img", 2], [1, "img", 2, "img", 4], [5, "img", 1]]
+MORE_PROMPTS = [[3, "img", 2], [1, "img", 2, "img", 4], [5, "img", 1], [6]]
+IDEFICS3_PROMPTS = [[3, ("img", 1, 2), 2], [1, "img", 2, ("img", 2, 2), 4],
+                    [5, ("img", 2, 1), 1], [6]]
+QWEN_PROMPTS = [[3, "img", 2], [1, "img", 2, "vid", 1, "img", 1], [2, "vid", 1]]
+#: Batched generation on Qwen also has a row without images or videos (no M-RoPE offset,
+#: rope_deltas 0) first, and a row with a video before an image.
+QWEN_GENERATION_PROMPTS = [[6], *QWEN_PROMPTS, [2, "vid", 1, "img", 2]]
+PROMPTS = {"llava": LLAVA_PROMPTS, "llava_next": LLAVA_PROMPTS,
+           "gemma3": MORE_PROMPTS, "llava_onevision": MORE_PROMPTS,
+           "idefics3": IDEFICS3_PROMPTS, "smolvlm": IDEFICS3_PROMPTS,
+           **{arch: QWEN_PROMPTS for arch in QWEN_ARCHS}}
+#: Architectures that the attention-dependent tests run under eager attention too.
+EAGER_ARCHS = ("llava", "llava_next", "gemma3", *QWEN_ARCHS)
+WITH_ATTN = [(arch, "sdpa") for arch in BUILDERS] + [(arch, "eager") for arch in EAGER_ARCHS]
+
+_cache: Dict[Tuple[str, str], Tiny] = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Import into a test module to run it on one torch thread: tiny models gain nothing from
+    intra-op threads, and on busy cores (the test machine's two are shared) OpenMP threads
+    waiting on each other make every op many times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny(arch: str, attn: str = "sdpa") -> Tiny:
+    """Each model built once per session (building is most of a tiny test's time)."""
+    key = (arch, attn)
+    if key not in _cache:
+        _cache[key] = BUILDERS[arch](attn)
+    return _cache[key]
+
+
+def batch(arch: str, prompts=None, seed: int = 0):
+    """The batch and per-row inputs of ``prompts`` (default: the architecture's
+    :data:`PROMPTS`), made as that architecture's processor would."""
+    prompts = prompts or PROMPTS[arch]
+    if arch in QWEN_ARCHS:
+        return make_qwen_batch(tiny(arch), prompts, seed=seed)
+    if arch in ("idefics3", "smolvlm"):
+        return make_idefics3_batch(tiny(arch), prompts, seed=seed)
+    inputs, singles = make_batch(tiny(arch), prompts, seed=seed)
+    if arch == "gemma3":  # what Gemma 3's processor returns next to input_ids
+        for item in (inputs, *singles):
+            item["token_type_ids"] = (item["input_ids"] == IMAGE_ID).long()
+    return inputs, singles
+
+
+def prompt_modalities(prompts) -> List[str]:
+    """The modality of each image or video of ``prompts``, sorted."""
+    return sorted("video" if seg == "vid" else "image"
+                  for prompt in prompts for seg in prompt if not isinstance(seg, int))
+
+
+def logits(model, inputs):
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def decoder_of(model):
+    inner = model.model
+    return getattr(inner, "language_model", None) or inner.text_model
+
+
+def decoder_kwargs(model, inputs, generate: bool = False):
+    """The keyword arguments the decoder receives (after any pruning hook) at the prefill of a
+    forward, or of a ``generate()`` call."""
+    seen = []
+
+    def spy(module, args, kwargs):
+        seen.append(dict(kwargs))
+
+    spy_handle = decoder_of(model).register_forward_pre_hook(spy, with_kwargs=True)
+    try:
+        if generate:   # one new token: the prefill only
+            model.generate(**inputs, max_new_tokens=1, do_sample=False)
+        else:
+            logits(model, inputs)
+    finally:
+        spy_handle.remove()
+    return seen[0]
+
+
+def hook_count(model) -> int:
+    """Hooks that greedyprune.hf installed (transformers installs its own, lazily)."""
+    from greedyprune.hf import PruneHandle
+
+    return sum(isinstance(getattr(hook, "__self__", None), PruneHandle)
+               for m in model.modules()
+               for hook in [*m._forward_pre_hooks.values(), *m._forward_hooks.values()])
+
+
+def assert_close_on_valid(got, expected, attention_mask, tol: float = 1e-5):
+    """``got`` (re-padded, pruned or not) equals ``expected`` on each row's valid positions."""
+    valid = attention_mask.bool()
+    for b in range(len(valid)):
+        n = int(valid[b].sum())
+        torch.testing.assert_close(got[b, -n:], expected[b, valid[b]], rtol=tol, atol=tol)
+
+
+def placeholders(inputs):
+    """Image and video placeholder tokens."""
+    ids = inputs["input_ids"]
+    return (ids == IMAGE_ID) | (ids == VIDEO_ID)
+
+
+def unit_positions(inputs, record):
+    """Sequence positions of the record's image or video: its run among the row's placeholders
+    of that modality (a Qwen3-VL video and an Idefics3 image span several runs)."""
+    token = IMAGE_ID if record.modality == "image" else VIDEO_ID
+    row = np.flatnonzero((inputs["input_ids"][record.row] == token).numpy())
+    # kept[0] is the index of the first kept token within the unit.
+    start = int(np.searchsorted(row, record.kept_positions[0])) - int(record.kept[0])
+    return row[start:start + record.n_tokens]
+
+
+def merged_inputs(arch: str, model, inputs):
+    """On the unhooked model: the decoder's ``inputs_embeds`` after the visual features are
+    merged, the position ids of the full sequence ((B, L), or (3, B, L) M-RoPE ids on Qwen) and
+    on Qwen3-VL the DeepStack features of each position (layers, B, L, D; zero off the visual
+    tokens), else None. Built by hand from the model's pieces on LLaVA and Qwen; on the others,
+    the merged embeddings are what the unhooked model hands its decoder."""
+    if arch in QWEN_ARCHS:
+        return _qwen_merged_inputs(model, inputs)
+    ids = inputs["input_ids"]
+    inner = model.model
+    if arch in ("llava", "llava_next"):
+        with torch.no_grad():
+            embeds = inner.get_input_embeddings()(ids)
+            visual = {k: inputs[k] for k in ("pixel_values", "image_sizes") if k in inputs}
+            features = torch.cat(list(inner.get_image_features(**visual, return_dict=True)
+                                      .pooler_output))
+            embeds = embeds.masked_scatter((ids == IMAGE_ID)[..., None], features)
+    else:
+        embeds = decoder_kwargs(model, inputs)["inputs_embeds"]
+    # Without position_ids, the decoders number a prefill 0..L-1 in every row.
+    return embeds, torch.arange(ids.shape[1]).expand(*ids.shape), None
+
+
+def _qwen_merged_inputs(model, inputs):
+    inner = model.model
+    ids = inputs["input_ids"]
+    with torch.no_grad():
+        embeds = inner.get_input_embeddings()(ids)
+        deepstack = None
+        for key, token in (("image", IMAGE_ID), ("video", QWEN_VIDEO_ID)):
+            pixels = inputs.get("pixel_values" if key == "image" else "pixel_values_videos")
+            if pixels is None:
+                continue
+            encode = inner.get_image_features if key == "image" else inner.get_video_features
+            out = encode(pixels, inputs[f"{key}_grid_thw"], return_dict=True)
+            mask = ids == token
+            embeds = embeds.masked_scatter(mask[..., None], torch.cat(list(out.pooler_output)))
+            layers = getattr(out, "deepstack_features", None)
+            if layers:
+                if deepstack is None:
+                    deepstack = torch.zeros(len(layers), *embeds.shape)
+                for i, per_unit in enumerate(layers):
+                    deepstack[i][mask] = torch.cat(list(per_unit))
+        positions, _ = inner.get_rope_index(
+            ids, mm_token_type_ids=inputs["mm_token_type_ids"],
+            image_grid_thw=inputs.get("image_grid_thw"),
+            video_grid_thw=inputs.get("video_grid_thw"),
+            attention_mask=inputs["attention_mask"])
+    return embeds, positions, deepstack
+
+
+def gemma3_reference_masks(model, mask, types, dtype):
+    """Gemma 3's decoder masks built by hand for a prefill without cache: a key is visible when
+    it is not padding and either precedes the query or lies in the query's image block (a
+    maximal run of image tokens); sliding layers also need ``q - k < window``."""
+    length = mask.shape[1]
+    q = torch.arange(length)[:, None]
+    k = torch.arange(length)[None, :]
+    image = types.bool()
+    starts = image & ~torch.nn.functional.pad(image, (1, 0))[:, :-1]
+    block = torch.where(image, starts.cumsum(1), 0)                        # 0: not an image
+    same_block = (block[:, :, None] == block[:, None, :]) & (block[:, :, None] > 0)
+    allowed = mask.bool()[:, None, :] & ((k <= q)[None] | same_block)
+    window = model.config.text_config.sliding_window
+    sliding = allowed & (q - k < window)[None]
+    low = torch.finfo(dtype).min
+
+    def as_bias(visible):
+        return torch.zeros(visible.shape, dtype=dtype).masked_fill(~visible, low)[:, None]
+
+    return {"full_attention": as_bias(allowed), "sliding_attention": as_bias(sliding)}
+
+
+def reference_logits(arch: str, model, inputs, records, image_blocks: bool = True):
+    """The pruned prefill built by hand from the records and run through the decoder directly:
+    every valid text token and the kept visual tokens, in order, with their position ids of the
+    full sequence (every M-RoPE axis on Qwen), left-padded; on Qwen3-VL the DeepStack features
+    of the kept visual tokens; on Gemma 3 its masks with bidirectional image blocks
+    (``image_blocks=False``: plain causal masks). Returns (the new length, the logits, the
+    (B, new length) mask of the valid positions)."""
+    embeds, positions, deepstack = merged_inputs(arch, model, inputs)
+    valid = inputs["attention_mask"].bool()
+    visual = placeholders(inputs)
+    rows = []
+    for b in range(len(embeds)):
+        kept = set(np.flatnonzero((valid[b] & ~visual[b]).numpy()).tolist())
+        for record in records:
+            if record.row == b:
+                kept |= set(record.kept_positions.tolist())
+        rows.append(sorted(kept))
+    size, new_length = len(rows), max(map(len, rows))
+    new_embeds = torch.zeros(size, new_length, embeds.shape[-1])
+    new_positions = torch.zeros(*positions.shape[:-2], size, new_length, dtype=torch.long)
+    new_mask = torch.zeros(size, new_length, dtype=torch.long)
+    new_visual = torch.zeros(size, new_length, dtype=torch.bool)
+    new_types = torch.zeros(size, new_length, dtype=torch.long)
+    new_deep = None if deepstack is None else torch.zeros(len(deepstack), size, new_length,
+                                                          embeds.shape[-1])
+    for b, kept in enumerate(rows):
+        start = new_length - len(kept)
+        new_embeds[b, start:] = embeds[b, kept]
+        new_positions[..., b, start:] = positions[..., b, kept]
+        new_mask[b, start:] = 1
+        new_visual[b, start:] = visual[b, kept]
+        if "token_type_ids" in inputs:
+            new_types[b, start:] = inputs["token_type_ids"][b, kept]
+        if new_deep is not None:
+            new_deep[:, b, start:] = deepstack[:, b, kept]
+    extra = {}
+    if new_deep is not None:
+        extra = dict(visual_pos_masks=new_visual,
+                     deepstack_visual_embeds=[layer[new_visual] for layer in new_deep])
+    attention = new_mask
+    if arch == "gemma3":
+        types = new_types if image_blocks else torch.zeros_like(new_types)
+        attention = gemma3_reference_masks(model, new_mask, types, embeds.dtype)
+    with torch.no_grad():
+        hidden = decoder_of(model)(inputs_embeds=new_embeds, attention_mask=attention,
+                                   position_ids=new_positions, **extra).last_hidden_state
+        expected = model.lm_head(hidden)
+    return new_length, expected, new_mask.bool()
+
+
+def generate_batched_and_alone(model, inputs, singles, new_tokens: int = 5, **budget):
+    """Greedy generation of the batch and of each row alone under ``attach(model, **budget)``
+    gives the same tokens and (to 1e-4) the same logits at every step. Returns the records and
+    prefill record of the batch's call."""
+    from greedyprune.hf import attach
+
+    # min_new_tokens: a row alone stops at its end-of-sequence token; in the batch it goes on.
+    settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                    output_logits=True, return_dict_in_generate=True)
+    with attach(model, **budget) as handle:
+        together = model.generate(**inputs, **settings)
+        records, prefill = handle.last, handle.last_prefill
+        alone = [model.generate(**single, **settings) for single in singles]
+    for b, single in enumerate(alone):
+        assert len(together.logits) == len(single.logits) == new_tokens
+        assert torch.equal(together.sequences[b, -new_tokens:],
+                           single.sequences[0, -new_tokens:]), b
+        for step, (got, want) in enumerate(zip(together.logits, single.logits)):
+            torch.testing.assert_close(got[b], want[0], rtol=1e-4, atol=1e-4,
+                                       msg=f"row {b}, step {step}")
+    return records, prefill

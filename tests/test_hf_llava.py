@@ -1,9 +1,9 @@
 """greedyprune.hf on LLaVA and LLaVA-NeXT: tiny random-weight models (tests/hf_models.py), fp32.
 
-Each property of SPEC.md §5 and issue 4 is checked against something independent of the
-hooks: the unhooked model, a pruned input built by hand and run through the language model
-directly, per-sample generation, ``greedyprune.select`` on hand-computed features and
-saliency, and an eager-attention run of the vision tower.
+What is specific to LLaVA: [CLS] saliency against an eager-attention run of the vision tower,
+LLaVA-NeXT's crop packing and newlines, and the argument checks, refusals and table mechanics
+(exercised on LLaVA). The properties every architecture must satisfy are in
+tests/test_hf_common.py.
 """
 from __future__ import annotations
 
@@ -16,261 +16,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-import greedyprune  # noqa: E402
 from greedyprune import methods  # noqa: E402
 from greedyprune.hf import attach, supported_models  # noqa: E402
 
-from hf_models import BUILDERS, IMAGE_ID, make_batch  # noqa: E402
-
-ARCHS = ["llava", "llava_next"]
-#: Rows with different lengths and image counts: exercises left padding and re-padding.
-PROMPTS = [[3, "img", 2], [1, "img", 2, "img", 4], [5, "img", 1]]
-
-_cache = {}
+from hf_models import (IMAGE_ID, batch, decoder_kwargs, hook_count, logits,  # noqa: E402
+                       merged_inputs, tiny, unit_positions)
 
 
-def tiny(arch: str, attn: str = "sdpa"):
-    """Build each model once per session (building is most of a tiny test's time)."""
-    key = (arch, attn)
-    if key not in _cache:
-        _cache[key] = BUILDERS[arch](attn)
-    return _cache[key]
-
-
-def batch(arch, prompts=PROMPTS, seed=0):
-    return make_batch(tiny(arch), prompts, seed=seed)
-
-
-def logits(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
-
-
-def merged_embeds(model, inputs):
-    """The inner model's ``inputs_embeds`` after image features are merged, computed directly."""
-    inner = model.model
-    with torch.no_grad():
-        embeds = inner.get_input_embeddings()(inputs["input_ids"])
-        visual = {k: inputs[k] for k in ("pixel_values", "image_sizes") if k in inputs}
-        features = torch.cat(list(inner.get_image_features(**visual, return_dict=True)
-                                  .pooler_output))
-        mask = (inputs["input_ids"] == IMAGE_ID)[..., None]
-        return embeds.masked_scatter(mask, features)
-
-
-# --- equivalences ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-@pytest.mark.parametrize("arch", ARCHS)
-def test_keeping_every_token_matches_the_unhooked_model(arch, attn):
-    model = tiny(arch, attn).model
-    inputs, _ = batch(arch)
-    expected = logits(model, inputs)
-    with attach(model, keep=10_000) as handle:
-        got = logits(model, inputs)
-    assert handle.last and all(r.tokens_after == r.tokens_before for r in handle.last)
-    # Padding is dropped and re-added: compare the valid positions of each row.
-    valid = inputs["attention_mask"].bool()
-    lengths = valid.sum(1)
-    for b in range(len(lengths)):
-        n = int(lengths[b])
-        torch.testing.assert_close(got[b, -n:], expected[b, valid[b]], rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-def test_detach_restores_the_model_bit_for_bit(arch):
-    model = tiny(arch).model
-    inputs, _ = batch(arch)
-    expected = logits(model, inputs)
-    expected_gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-    handle = attach(model, keep=2, saliency="cls")
-    pruned = logits(model, inputs)
-    assert pruned.shape[1] < expected.shape[1]
-    assert _hook_count(model) > 0
-    handle.detach()
-    assert _hook_count(model) == 0
-    assert not any(hasattr(m, "_greedyprune_handle") for m in model.modules())
-    assert torch.equal(logits(model, inputs), expected)
-    assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), expected_gen)
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-def test_attaching_to_the_inner_model_prunes_the_same(arch):
-    model = tiny(arch).model
-    inputs, _ = batch(arch)
-    with attach(model, keep=3):
-        top = logits(model, inputs)
-    with attach(model.model, keep=3) as handle:
-        inner = logits(model, inputs)
-        assert handle.last
-    assert torch.equal(top, inner)
-
-
-def _hook_count(model):
-    """Hooks that greedyprune.hf installed (transformers installs its own, lazily)."""
-    from greedyprune.hf import PruneHandle
-
-    return sum(isinstance(getattr(hook, "__self__", None), PruneHandle)
-               for m in model.modules()
-               for hook in [*m._forward_pre_hooks.values(), *m._forward_hooks.values()])
-
-
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-@pytest.mark.parametrize("arch", ARCHS)
-def test_pruned_forward_matches_a_hand_built_reference(arch, attn):
-    model = tiny(arch, attn).model
-    inputs, _ = batch(arch)
-    with attach(model, keep=3) as handle:
-        got = logits(model, inputs)
-
-    # Rebuild the decoder's input by hand from the records: every valid text token and the
-    # kept image tokens, in order, with their original positions, left-padded.
-    embeds = merged_embeds(model, inputs)
-    valid = inputs["attention_mask"].bool()
-    text = valid & (inputs["input_ids"] != IMAGE_ID)
-    length = embeds.shape[1]
-    rows = []
-    for b in range(len(embeds)):
-        kept = set(np.flatnonzero(text[b].numpy()).tolist())
-        for record in handle.last:
-            if record.row == b:
-                kept |= set(record.kept_positions.tolist())
-        rows.append(sorted(kept))
-    new_length = max(map(len, rows))
-    new_embeds = torch.zeros(len(rows), new_length, embeds.shape[-1])
-    new_positions = torch.zeros(len(rows), new_length, dtype=torch.long)
-    new_mask = torch.zeros(len(rows), new_length, dtype=torch.long)
-    for b, kept in enumerate(rows):
-        start = new_length - len(kept)
-        new_embeds[b, start:] = embeds[b, kept]
-        # Without position_ids, LlamaModel numbers a prefill 0..L-1 in every row.
-        new_positions[b, start:] = torch.arange(length)[kept]
-        new_mask[b, start:] = 1
-    assert handle.last_prefill.seq_len_after == new_length
-    with torch.no_grad():
-        hidden = model.model.language_model(inputs_embeds=new_embeds, attention_mask=new_mask,
-                                            position_ids=new_positions).last_hidden_state
-        expected = model.lm_head(hidden)
-    for b, kept in enumerate(rows):
-        torch.testing.assert_close(got[b, -len(kept):], expected[b, -len(kept):],
-                                   rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-@pytest.mark.parametrize("arch", ARCHS)
-def test_batched_generation_equals_per_sample_generation(arch, attn):
-    model = tiny(arch, attn).model
-    inputs, singles = batch(arch)
-    settings = dict(max_new_tokens=6, do_sample=False, output_logits=True,
-                    return_dict_in_generate=True)
-    with attach(model, keep=3):
-        together = model.generate(**inputs, **settings)
-        alone = [model.generate(**single, **settings) for single in singles]
-    for b, single in enumerate(alone):
-        assert torch.equal(together.sequences[b, -6:], single.sequences[0, -6:]), b
-        for step, (got, want) in enumerate(zip(together.logits, single.logits)):
-            torch.testing.assert_close(got[b], want[0], rtol=1e-4, atol=1e-4,
-                                       msg=f"row {b}, step {step}")
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-def test_manual_decoding_without_positions_or_mask_matches_generate(arch):
-    # A hand-written decoding loop passes neither position_ids nor attention_mask: the hook
-    # must number new tokens after the *unpruned* prompt and extend its own mask.
-    model = tiny(arch).model
-    _, singles = batch(arch)
-    single = singles[1]
-    with attach(model, keep=2):
-        expected = model.generate(**single, max_new_tokens=5, do_sample=False,
-                                  output_logits=True, return_dict_in_generate=True)
-        with torch.no_grad():
-            out = model(**single, use_cache=True)
-            steps = [out.logits[:, -1]]
-            for token in expected.sequences[0, -5:-1].tolist():
-                out = model(input_ids=torch.tensor([[token]]), cache=out.cache)
-                steps.append(out.logits[:, -1])
-    for got, want in zip(steps, expected.logits):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-
-
-# --- what is kept ---------------------------------------------------------------------------
-
-
-def _decoder_kwargs(model, inputs):
-    """The keyword arguments the decoder receives (after the pruning hook) at a forward."""
-    seen = {}
-
-    def spy(module, args, kwargs):
-        seen.update(kwargs)
-
-    spy_handle = model.model.language_model.register_forward_pre_hook(spy, with_kwargs=True)
-    try:
-        logits(model, inputs)
-    finally:
-        spy_handle.remove()
-    return seen
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-def test_kept_tokens_keep_their_original_position_ids(arch):
-    model = tiny(arch).model
-    inputs, _ = batch(arch)
-    valid = inputs["attention_mask"]
-    # generate()'s numbering: padding-aware, different in every row.
-    positions = (valid.cumsum(-1) - 1).clamp(min=0)
-    inputs = dict(inputs, position_ids=positions)
-    with attach(model, keep=2) as handle:
-        seen = _decoder_kwargs(model, inputs)
-    source = torch.from_numpy(handle.last_prefill.source_positions)
-    mask = seen["attention_mask"].bool()
-    assert torch.equal(mask, source >= 0)
-    expected = positions.gather(1, source.clamp(min=0))
-    assert torch.equal(seen["position_ids"][mask], expected[mask])
-    assert seen["inputs_embeds"].shape[1] == source.shape[1]
-    for record in handle.last:
-        got = source[record.row][np.isin(source[record.row], record.kept_positions)]
-        assert got.tolist() == record.kept_positions.tolist()
-
-
-@pytest.mark.parametrize("saliency", ["text", "none"])
-@pytest.mark.parametrize("arch", ARCHS)
-def test_kept_set_equals_select_on_the_same_features_and_saliency(arch, saliency):
-    model = tiny(arch).model
-    inputs, _ = batch(arch)
-    embeds = merged_embeds(model, inputs)
-    valid = inputs["attention_mask"].bool()
-    is_image = inputs["input_ids"] == IMAGE_ID
-    with attach(model, keep=4, lam=0.3, saliency=saliency) as handle:
-        logits(model, inputs)
-    newline = model.model.image_newline if arch == "llava_next" else None
-    for record in handle.last:
-        b = record.row
-        positions = np.flatnonzero(is_image[b].numpy())
-        run = _image_run(positions, record)
-        features = embeds[b, run]
-        if newline is not None:  # never candidates
-            candidates = ~(features == newline).all(-1)
-        else:
-            candidates = torch.ones(len(run), dtype=torch.bool)
-        features = features[candidates]
-        score = None
-        if saliency == "text":
-            text = embeds[b, valid[b] & ~is_image[b]].mean(0)
-            score = torch.nn.functional.cosine_similarity(features, text[None], dim=-1).numpy()
-        picks = greedyprune.select(features.numpy(), 4, score, 0.3)
-        kept_candidates = np.flatnonzero(candidates.numpy())[picks]
-        selected = record.kept[~np.isin(record.kept, np.flatnonzero(~candidates.numpy()))]
-        assert selected.tolist() == kept_candidates.tolist()
-        assert record.tokens_before == int(candidates.sum()) and record.tokens_after == 4
-
-
-def _image_run(image_positions_in_row, record):
-    """Sequence positions of the record's image: its run among the row's image tokens."""
-    start = int(np.searchsorted(image_positions_in_row, record.kept_positions[0]))
-    # kept[0] is the index of the first kept token within the image's run.
-    start -= int(record.kept[0])
-    return image_positions_in_row[start:start + record.n_tokens]
+# --- [CLS] saliency and methods -------------------------------------------------------------
 
 
 def test_cls_saliency_is_the_eager_cls_attention_row_at_the_feature_layer():
@@ -326,14 +79,12 @@ def test_cls_saliency_survives_generate_pre_encoding_images():
 def test_methods_are_looked_up_by_name(method):
     model = tiny("llava").model
     inputs, _ = batch("llava")
-    embeds = merged_embeds(model, inputs)
+    embeds, _, _ = merged_inputs("llava", model, inputs)
     with attach(model, keep=5, method=method, seed=3, saliency="none") as handle:
         logits(model, inputs)
     selector = methods.get(method)
-    is_image = inputs["input_ids"] == IMAGE_ID
     for record in handle.last:
-        positions = np.flatnonzero(is_image[record.row].numpy())
-        features = embeds[record.row, _image_run(positions, record)]
+        features = embeds[record.row, unit_positions(inputs, record)]
         assert record.kept.tolist() == selector(features, 5, None, seed=3).tolist()
 
 
@@ -440,7 +191,7 @@ def test_bad_arguments_raise_clear_errors():
         attach(model.model.language_model, keep=4)
     with pytest.raises(TypeError, match="LlavaNextModel"):
         attach(torch.nn.Linear(2, 2), keep=4)
-    assert _hook_count(model) == 0
+    assert hook_count(model) == 0
 
 
 def test_supported_models_come_from_the_table():
@@ -469,7 +220,7 @@ def test_inner_model_attach_twice_warns_and_replaces_and_repr():
         assert first.last == []
     finally:
         second.detach()
-    assert _hook_count(model) == 0
+    assert hook_count(model) == 0
 
 
 def test_unsupported_generation_modes_are_refused():
@@ -495,7 +246,7 @@ def test_unsupported_generation_modes_are_refused():
             # A cache this handle never pruned, with new images: refused, not mis-pruned.
             with pytest.raises(ValueError, match="past_key_values"):
                 model(**singles[0], cache=_text_cache(model))
-    assert _hook_count(model) == 0
+    assert hook_count(model) == 0
 
 
 def _text_cache(model):
@@ -618,7 +369,7 @@ def test_per_token_arguments_passed_through_to_the_decoder_are_gathered():
     inputs, _ = batch("llava")
     types = (inputs["input_ids"] == IMAGE_ID).long()
     with attach(model, keep=2) as handle:
-        seen = _decoder_kwargs(model, dict(inputs, mm_token_type_ids=types))
+        seen = decoder_kwargs(model, dict(inputs, mm_token_type_ids=types))
     source = torch.from_numpy(handle.last_prefill.source_positions)
     expected = types.gather(1, source.clamp(min=0)).masked_fill(source < 0, 0)
     assert torch.equal(seen["mm_token_type_ids"], expected)

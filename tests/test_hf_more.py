@@ -1,10 +1,12 @@
 """greedyprune.hf on Gemma 3, LLaVA-OneVision (images and video), Idefics3 and SmolVLM: tiny
 random-weight models (tests/hf_models.py), fp32.
 
-The same independent checks as tests/test_hf_llava.py, parametrized over the architectures:
-the unhooked model, a pruned input built by hand and run through the language model directly
-(for Gemma 3 with its bidirectional image-block masks built by hand too), per-sample
-generation, and the decoder's own unpruned inputs.
+What is specific to these families: Gemma 3's bidirectional image blocks (the hand-built
+reference masks discriminate, masks rebuilt for the pruned sequence, no token_type_ids,
+inputs_embeds, an image token outside the vocabulary, its pooled grid), Idefics3 / SmolVLM's
+grouping of sub-images into one budget per image, and LLaVA-OneVision's newlines, packing,
+multi-image rows, resampled canvases and video. The properties every architecture must satisfy
+are in tests/test_hf_common.py.
 """
 from __future__ import annotations
 
@@ -16,259 +18,30 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from greedyprune.hf import attach, supported_models  # noqa: E402
+from greedyprune.hf import attach  # noqa: E402
 
-from hf_models import (BUILDERS, IMAGE_ID, VIDEO_ID, make_batch,  # noqa: E402
-                       make_idefics3_batch)
+from hf_models import (IMAGE_ID, VIDEO_ID, assert_close_on_valid, batch,  # noqa: E402
+                       decoder_kwargs, decoder_of, generate_batched_and_alone, logits,
+                       reference_logits, tiny, unit_positions)
+from hf_models import one_torch_thread  # noqa: E402,F401 (autouse: one torch thread here)
 
-ARCHS = ["gemma3", "llava_onevision", "idefics3", "smolvlm"]
-#: Rows with different lengths and image counts (none in the last): exercises left padding
-#: and re-padding.
-PROMPTS = [[3, "img", 2], [1, "img", 2, "img", 4], [5, "img", 1], [6]]
-#: The same for Idefics3 / SmolVLM, with images split into sub-images ("img" is one crop).
-IDEFICS3_PROMPTS = [[3, ("img", 1, 2), 2], [1, "img", 2, ("img", 2, 2), 4],
-                    [5, ("img", 2, 1), 1], [6]]
 GENERATE = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
-
-_cache = {}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny models gain nothing from intra-op threads, and on busy cores (the test machine's
-    # two are shared) OpenMP threads waiting on each other make every op many times slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+RASTER = [[0, 0, 0], [0, 0, 1], [0, 1, 0], [0, 1, 1]]   # (view 0, row, col) of a 2×2 raster
 
 
-def tiny(arch: str, attn: str = "sdpa"):
-    key = (arch, attn)
-    if key not in _cache:
-        _cache[key] = BUILDERS[arch](attn)
-    return _cache[key]
+# --- Gemma 3 --------------------------------------------------------------------------------
 
 
-def batch(arch, prompts=None, seed=0):
-    if arch in ("idefics3", "smolvlm"):
-        inputs, singles = make_idefics3_batch(tiny(arch), prompts or IDEFICS3_PROMPTS, seed=seed)
-    else:
-        inputs, singles = make_batch(tiny(arch), prompts or PROMPTS, seed=seed)
-    if arch == "gemma3":  # what Gemma 3's processor returns next to input_ids
-        for item in (inputs, *singles):
-            item["token_type_ids"] = (item["input_ids"] == IMAGE_ID).long()
-    return inputs, singles
-
-
-def decoder_of(model):
-    inner = model.model
-    return getattr(inner, "language_model", None) or inner.text_model
-
-
-def logits(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
-
-
-def decoder_kwargs(model, inputs):
-    """The keyword arguments the decoder receives at a forward (after any pruning hook)."""
-    seen = {}
-
-    def spy(module, args, kwargs):
-        seen.update(kwargs)
-
-    handle = decoder_of(model).register_forward_pre_hook(spy, with_kwargs=True)
-    try:
-        logits(model, inputs)
-    finally:
-        handle.remove()
-    return seen
-
-
-def _hook_count(model):
-    from greedyprune.hf import PruneHandle
-
-    return sum(isinstance(getattr(hook, "__self__", None), PruneHandle)
-               for m in model.modules()
-               for hook in [*m._forward_pre_hooks.values(), *m._forward_hooks.values()])
-
-
-# --- equivalences ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-def test_keeping_every_token_matches_the_unhooked_model(arch):
-    model = tiny(arch).model
-    inputs, _ = batch(arch)
-    expected = logits(model, inputs)
-    with attach(model, keep=10_000) as handle:
-        got = logits(model, inputs)
-    assert handle.last and all(r.tokens_after == r.tokens_before for r in handle.last)
-    valid = inputs["attention_mask"].bool()
-    for b in range(len(valid)):
-        n = int(valid[b].sum())
-        torch.testing.assert_close(got[b, -n:], expected[b, valid[b]], rtol=1e-5, atol=1e-5)
-
-
-def test_gemma3_keeping_every_token_matches_under_eager_attention():
-    model = tiny("gemma3", "eager").model
+def test_gemma3_reference_discriminates_the_image_blocks():
+    # test_hf_common.py checks the pruned forward against a reference with Gemma 3's
+    # bidirectional image blocks; that reference discriminates: without the image blocks
+    # (plain causal) it differs.
+    model = tiny("gemma3").model
     inputs, _ = batch("gemma3")
-    expected = logits(model, inputs)
-    with attach(model, keep=10_000):
-        got = logits(model, inputs)
-    valid = inputs["attention_mask"].bool()
-    for b in range(len(valid)):
-        n = int(valid[b].sum())
-        torch.testing.assert_close(got[b, -n:], expected[b, valid[b]], rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-def test_detach_restores_the_model_bit_for_bit(arch):
-    model = tiny(arch).model
-    inputs, _ = batch(arch)
-    expected = logits(model, inputs)
-    expected_gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-    handle = attach(model, keep=2)
-    assert logits(model, inputs).shape[1] < expected.shape[1]
-    assert _hook_count(model) > 0
-    handle.detach()
-    assert _hook_count(model) == 0
-    assert not any(hasattr(m, "_greedyprune_handle") for m in model.modules())
-    assert torch.equal(logits(model, inputs), expected)
-    assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), expected_gen)
-
-
-def _gemma3_reference_masks(model, mask, types, dtype):
-    """Gemma 3's decoder masks built by hand for a prefill without cache: a key is visible when
-    it is not padding and either precedes the query or lies in the query's image block (a
-    maximal run of image tokens); sliding layers also need ``q - k < window``."""
-    length = mask.shape[1]
-    q = torch.arange(length)[:, None]
-    k = torch.arange(length)[None, :]
-    image = types.bool()
-    starts = image & ~torch.nn.functional.pad(image, (1, 0))[:, :-1]
-    block = torch.where(image, starts.cumsum(1), 0)                        # 0: not an image
-    same_block = (block[:, :, None] == block[:, None, :]) & (block[:, :, None] > 0)
-    allowed = mask.bool()[:, None, :] & ((k <= q)[None] | same_block)
-    window = model.config.text_config.sliding_window
-    sliding = allowed & (q - k < window)[None]
-    low = torch.finfo(dtype).min
-
-    def as_bias(visible):
-        return torch.zeros(visible.shape, dtype=dtype).masked_fill(~visible, low)[:, None]
-
-    return {"full_attention": as_bias(allowed), "sliding_attention": as_bias(sliding)}
-
-
-#: Every architecture under sdpa, and Gemma 3 (whose masks the hook builds) under eager too.
-WITH_ATTN = [(arch, "sdpa") for arch in ARCHS] + [("gemma3", "eager")]
-
-
-@pytest.mark.parametrize("arch,attn", WITH_ATTN)
-def test_pruned_forward_matches_a_hand_built_reference(arch, attn):
-    model = tiny(arch, attn).model
-    inputs, _ = batch(arch)
-    unpruned = decoder_kwargs(model, inputs)   # the model's own merged embeddings
     with attach(model, keep=2) as handle:
         got = logits(model, inputs)
-
-    embeds = unpruned["inputs_embeds"]
-    valid = inputs["attention_mask"].bool()
-    placeholder = (inputs["input_ids"] == IMAGE_ID) | (inputs["input_ids"] == VIDEO_ID)
-    length = embeds.shape[1]
-    rows = []
-    for b in range(len(embeds)):
-        kept = set(np.flatnonzero((valid[b] & ~placeholder[b]).numpy()).tolist())
-        for record in handle.last:
-            if record.row == b:
-                kept |= set(record.kept_positions.tolist())
-        rows.append(sorted(kept))
-    new_length = max(map(len, rows))
-    assert handle.last_prefill.seq_len_after == new_length < length
-    new_embeds = torch.zeros(len(rows), new_length, embeds.shape[-1])
-    new_positions = torch.zeros(len(rows), new_length, dtype=torch.long)
-    new_mask = torch.zeros(len(rows), new_length, dtype=torch.long)
-    new_types = torch.zeros(len(rows), new_length, dtype=torch.long)
-    for b, kept in enumerate(rows):
-        start = new_length - len(kept)
-        new_embeds[b, start:] = embeds[b, kept]
-        new_positions[b, start:] = torch.arange(length)[kept]   # the unpruned numbering
-        new_mask[b, start:] = 1
-        if "token_type_ids" in inputs:
-            new_types[b, start:] = inputs["token_type_ids"][b, kept]
-    attention = new_mask
-    if arch == "gemma3":
-        attention = _gemma3_reference_masks(model, new_mask, new_types, embeds.dtype)
-    with torch.no_grad():
-        hidden = decoder_of(model)(inputs_embeds=new_embeds, attention_mask=attention,
-                                   position_ids=new_positions).last_hidden_state
-        expected = model.lm_head(hidden)
-    for b, kept in enumerate(rows):
-        torch.testing.assert_close(got[b, -len(kept):], expected[b, -len(kept):],
-                                   rtol=1e-5, atol=1e-5)
-    if arch == "gemma3":
-        # The reference discriminates: without the image blocks (plain causal) it differs.
-        causal = _gemma3_reference_masks(model, new_mask, torch.zeros_like(new_types),
-                                         embeds.dtype)
-        with torch.no_grad():
-            plain = model.lm_head(decoder_of(model)(
-                inputs_embeds=new_embeds, attention_mask=causal,
-                position_ids=new_positions).last_hidden_state)
-        assert not torch.allclose(plain[new_mask.bool()], got[new_mask.bool()], atol=1e-4)
-
-
-@pytest.mark.parametrize("arch,attn", WITH_ATTN)
-def test_batched_generation_equals_per_sample_generation(arch, attn):
-    model = tiny(arch, attn).model
-    inputs, singles = batch(arch)
-    with attach(model, keep=2) as handle:
-        together = model.generate(**inputs, **GENERATE)
-        assert [r.tokens_after for r in handle.last] == [2] * 4
-        alone = [model.generate(**single, **GENERATE) for single in singles]
-    for b, single in enumerate(alone):
-        assert torch.equal(together.sequences[b, -4:], single.sequences[0, -4:]), b
-        for step, (got, want) in enumerate(zip(together.logits, single.logits)):
-            torch.testing.assert_close(got[b], want[0], rtol=1e-4, atol=1e-4,
-                                       msg=f"row {b}, step {step}")
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-def test_kept_tokens_keep_their_original_position_ids(arch):
-    model = tiny(arch).model
-    inputs, _ = batch(arch)
-    positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # generate()'s numbering
-    inputs = dict(inputs, position_ids=positions)
-    with attach(model, keep=2) as handle:
-        seen = decoder_kwargs(model, inputs)
-    source = torch.from_numpy(handle.last_prefill.source_positions)
-    kept = source >= 0
-    expected = positions.gather(1, source.clamp(min=0))
-    assert torch.equal(seen["position_ids"][kept], expected[kept])
-    assert seen["inputs_embeds"].shape[1] == source.shape[1]
-    for record in handle.last:
-        got = source[record.row][np.isin(source[record.row], record.kept_positions)]
-        assert got.tolist() == record.kept_positions.tolist()
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-def test_manual_decoding_without_positions_or_mask_matches_generate(arch):
-    # A hand-written loop passes neither position_ids nor attention_mask (nor, for Gemma 3,
-    # token_type_ids) after the prefill: the hook numbers new tokens after the unpruned prompt
-    # and extends its own mask (Gemma 3: its mask dict).
-    model = tiny(arch).model
-    _, singles = batch(arch)
-    single = singles[1]
-    with attach(model, keep=2):
-        expected = model.generate(**single, **GENERATE)
-        with torch.no_grad():
-            out = model(**single, use_cache=True)
-            steps = [out.logits[:, -1]]
-            for token in expected.sequences[0, -4:-1].tolist():
-                out = model(input_ids=torch.tensor([[token]]), cache=out.cache)
-                steps.append(out.logits[:, -1])
-    for got, want in zip(steps, expected.logits):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    _, plain, valid = reference_logits("gemma3", model, inputs, handle.last, image_blocks=False)
+    assert not torch.allclose(plain[valid], got[valid], atol=1e-4)
 
 
 def test_gemma3_without_token_type_ids_is_causal_throughout():
@@ -280,10 +53,7 @@ def test_gemma3_without_token_type_ids_is_causal_throughout():
     expected = logits(model, inputs)
     with attach(model, keep=10_000):
         got = logits(model, inputs)
-    valid = inputs["attention_mask"].bool()
-    for b in range(len(valid)):
-        n = int(valid[b].sum())
-        torch.testing.assert_close(got[b, -n:], expected[b, valid[b]], rtol=1e-5, atol=1e-5)
+    assert_close_on_valid(got, expected, inputs["attention_mask"])
 
 
 def test_gemma3_inputs_embeds_instead_of_input_ids_prune_the_same():
@@ -317,9 +87,7 @@ def test_gemma3_image_token_outside_the_vocabulary():
     expected = logits(model, inputs)
     with attach(model, keep=10_000):
         got = logits(model, inputs)
-    valid = inputs["attention_mask"].bool()
-    torch.testing.assert_close(got[0, -int(valid[0].sum()):], expected[0, valid[0]],
-                               rtol=1e-5, atol=1e-5)
+    assert_close_on_valid(got, expected, inputs["attention_mask"])
     with attach(model, keep=1) as handle:
         together = model.generate(**inputs, **GENERATE)
         assert [r.tokens_after for r in handle.last] == [1] * 4
@@ -358,44 +126,6 @@ def test_gemma3_decoder_gets_masks_rebuilt_from_the_pruned_sequence():
         assert seen["full_attention"][-1] == pruned + step
 
 
-# --- what is refused, what is recorded ------------------------------------------------------
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-def test_cls_saliency_is_refused_without_a_cls_token(arch):
-    model = tiny(arch).model
-    with pytest.raises(ValueError, match=r"\[CLS\].*saliency='text' or 'none'"):
-        attach(model, keep=2, saliency="cls")
-    assert _hook_count(model) == 0
-    with attach(model, keep=2, saliency="none") as handle:
-        logits(model, batch(arch)[0])
-    assert handle.last
-
-
-def test_the_new_models_are_supported_with_their_inner_models():
-    names = supported_models()
-    for name in ["Gemma3ForConditionalGeneration", "Gemma3Model",
-                 "LlavaOnevisionForConditionalGeneration", "LlavaOnevisionModel",
-                 "Idefics3ForConditionalGeneration", "Idefics3Model",
-                 "SmolVLMForConditionalGeneration", "SmolVLMModel"]:
-        assert name in names
-
-
-@pytest.mark.parametrize("arch", ["gemma3", "smolvlm"])
-def test_attaching_to_the_inner_model_prunes_the_same(arch):
-    model = tiny(arch).model
-    inputs, _ = batch(arch)
-    with attach(model, keep=3):
-        top = logits(model, inputs)
-    with attach(model.model, keep=3) as handle:
-        inner = logits(model, inputs)
-        assert handle.last
-    assert torch.equal(top, inner)
-
-
-RASTER = [[0, 0, 0], [0, 0, 1], [0, 1, 0], [0, 1, 1]]   # (view 0, row, col) of a 2×2 raster
-
-
 def test_gemma3_grid_is_the_pooled_raster():
     model = tiny("gemma3").model
     with attach(model, keep=1) as handle:
@@ -403,6 +133,9 @@ def test_gemma3_grid_is_the_pooled_raster():
     for record in handle.last:
         assert record.grid.patch_side == 2 and record.n_tokens == 4
         assert record.grid.token_source.tolist() == RASTER
+
+
+# --- Idefics3 / SmolVLM ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("arch", ["idefics3", "smolvlm"])
@@ -444,6 +177,9 @@ def test_idefics3_other_prompt_layouts_fall_back_to_one_budget_per_crop():
     assert all(r.grid.token_source.tolist() == RASTER for r in handle.last)
 
 
+# --- LLaVA-OneVision images -----------------------------------------------------------------
+
+
 def test_onevision_newlines_stay_with_their_rows():
     model = tiny("llava_onevision").model
     inputs, _ = batch("llava_onevision")
@@ -451,11 +187,8 @@ def test_onevision_newlines_stay_with_their_rows():
     unpruned = decoder_kwargs(model, inputs)["inputs_embeds"]
     with attach(model, keep=3) as handle:
         logits(model, inputs)
-    is_image = inputs["input_ids"] == IMAGE_ID
     for record in handle.last:
-        positions = np.flatnonzero(is_image[record.row].numpy())
-        start = int(np.searchsorted(positions, record.kept_positions[0])) - int(record.kept[0])
-        run = positions[start:start + record.n_tokens]
+        run = unit_positions(inputs, record)
         is_newline = (unpruned[record.row, run] == newline).all(-1).numpy()
         assert is_newline.sum() >= 1 and record.tokens_before == int((~is_newline).sum())
         kept = np.zeros(record.n_tokens, dtype=bool)
@@ -539,17 +272,10 @@ def test_onevision_downscaled_canvas_keeps_the_newline_rule():
         expected = logits(model, inputs)
         with attach(model, keep=10_000):
             got = logits(model, inputs)
-        with attach(model, keep=2) as handle:
-            together = model.generate(**inputs, **GENERATE)
-            records = handle.last
-            alone = [model.generate(**single, **GENERATE) for single in singles]
+        records, _ = generate_batched_and_alone(model, inputs, singles, new_tokens=4, keep=2)
     finally:
         model.config.vision_aspect_ratio = "anyres_max_9"
-    valid = inputs["attention_mask"].bool()
-    for b in range(len(valid)):
-        n = int(valid[b].sum())
-        torch.testing.assert_close(got[b, -n:], expected[b, valid[b]], rtol=1e-5, atol=1e-5)
-        assert torch.equal(together.sequences[b, -4:], alone[b].sequences[0, -4:])
+    assert_close_on_valid(got, expected, inputs["attention_mask"])
     assert [r.tokens_after for r in records] == [2] * 4
     assert any(r.grid is None for r in records)   # a resampled canvas has no patch map
 
@@ -563,6 +289,7 @@ def video_batch(frames, texts=((3, 2), (1, 5)), seed=0):
     rng = torch.Generator().manual_seed(seed)
     videos = torch.randn(len(texts), frames, 3, 8, 8, generator=rng)
     per_video = frames * 4 + 1   # 2×2 pooled tokens per frame, then one newline
+
     def text(n):
         return torch.randint(3, VIDEO_ID - 1, (n,), generator=rng).tolist()
 
@@ -581,17 +308,10 @@ def video_batch(frames, texts=((3, 2), (1, 5)), seed=0):
 
 def test_onevision_video_prunes_per_video_and_generates_like_per_sample():
     model, inputs, singles = video_batch(frames=3)
-    with attach(model, keep=5) as handle:
-        together = model.generate(**inputs, **GENERATE)
-        records = handle.last
-        alone = [model.generate(**single, **GENERATE) for single in singles]
+    records, _ = generate_batched_and_alone(model, inputs, singles, new_tokens=4, keep=5)
     assert [(r.modality, r.row, r.n_tokens, r.tokens_before, r.tokens_after) for r in records] == \
         [("video", 0, 13, 12, 5), ("video", 1, 13, 12, 5)]
     assert all(r.kept[-1] == 12 for r in records)   # the closing newline stays
-    for b, single in enumerate(alone):
-        assert torch.equal(together.sequences[b, -4:], single.sequences[0, -4:]), b
-        for got, want in zip(together.logits, single.logits):
-            torch.testing.assert_close(got[b], want[0], rtol=1e-4, atol=1e-4)
     with attach(model, keep=10_000):
         full = logits(model, inputs)
     torch.testing.assert_close(full, logits(model, inputs), rtol=1e-5, atol=1e-5)
