@@ -61,7 +61,7 @@ is called with keyword arguments only.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from operator import attrgetter
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -761,7 +761,7 @@ def _idefics3_layout(starts, side: int, image_size: int) -> UnitLayout:
         canvas_pixels=(rows * image_size, cols * image_size)))
 
 
-register(ArchSpec(
+IDEFICS3 = register(ArchSpec(
     name="idefics3",
     top_classes=("Idefics3ForConditionalGeneration",),
     inner_classes=("Idefics3Model",),
@@ -771,15 +771,10 @@ register(ArchSpec(
     vision_tower=attrgetter("vision_model"),
 ))
 
-register(ArchSpec(
-    name="smolvlm",
-    top_classes=("SmolVLMForConditionalGeneration",),
-    inner_classes=("SmolVLMModel",),
-    media=(Media("image", _image_token_id, idefics3_units),),
-    decoder=attrgetter("text_model"),
-    call_inputs=("input_ids", "pixel_values", "mm_encoder_outputs"),
-    vision_tower=attrgetter("vision_model"),
-))
+# SmolVLM is a copy of Idefics3 under other class names (not subclasses) in transformers 5.x.
+register(replace(IDEFICS3, name="smolvlm",
+                 top_classes=("SmolVLMForConditionalGeneration",),
+                 inner_classes=("SmolVLMModel",)))
 
 
 # --- Qwen2-VL / Qwen2.5-VL / Qwen3-VL (issue 5) -------------------------------------------------
