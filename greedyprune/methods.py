@@ -196,28 +196,26 @@ def _prepare(features, k, saliency, lam, seed) -> Tuple[np.ndarray, Optional[np.
     array back into the caller's container, device and rank.
     """
     tensor_type = _torch_tensor_type()
-    device = None
-    if tensor_type is not None and isinstance(features, tensor_type):
-        _validate.check_features(features.shape, features.dtype)
-        device = features.device
-        x = _tensor_to_numpy(features)
-    else:
-        x = np.asarray(features)
-        _validate.check_features(x.shape, x.dtype)
-    if tensor_type is not None and isinstance(saliency, tensor_type):
-        _validate.check_saliency(saliency.shape, saliency.dtype, x.shape)
-        saliency = _tensor_to_numpy(saliency)
-    elif saliency is not None:
-        saliency = np.asarray(saliency)
-        _validate.check_saliency(saliency.shape, saliency.dtype, x.shape)
 
-    k = _validate.check_k(k, x.shape[-2])
-    lam = _validate.check_lam(lam)
+    def is_tensor(value) -> bool:
+        return tensor_type is not None and isinstance(value, tensor_type)
+
+    device = features.device if is_tensor(features) else None
+    x = features if is_tensor(features) else _validate.as_array(features, "features")
+    if saliency is not None and not is_tensor(saliency):
+        saliency = _validate.as_array(saliency, "saliency")
+    k, lam, _ = _validate.check_call(
+        x.shape, x.dtype, k, lam, None,
+        None if saliency is None else saliency.shape, None if saliency is None else saliency.dtype,
+    )
     seed = _check_seed(seed)
-    if not np.isfinite(x).all():
-        raise _validate.nonfinite_error("features")
+    x = _tensor_to_numpy(x) if is_tensor(x) else x
+    if is_tensor(saliency):
+        saliency = _tensor_to_numpy(saliency)
     if saliency is not None and not np.isfinite(saliency).all():
         raise _validate.nonfinite_error("saliency")
+    if not np.isfinite(x).all():
+        raise _validate.nonfinite_error("features")
 
     single = x.ndim == 2
     x = x.reshape((-1,) + x.shape[-2:])
