@@ -360,17 +360,26 @@ class _FingerprintCheck:
         return expected.shape == observed.shape and bool((expected.to(observed) == observed).all())
 
 
+def _unpad_offset(grid, rows, width, side):
+    """Where an unpadded ``rows`` × ``width`` token canvas sits in a ``grid`` of crops of
+    ``side`` × ``side`` tokens: ``(top, left)``, the padding having been removed evenly from
+    one axis (LLaVA-NeXT's and OneVision's unpadding); None when that grid cannot unpad to it."""
+    height, full_width = grid[0] * side, grid[1] * side
+    if rows == height and width <= full_width and (full_width - width) % 2 == 0:
+        return 0, (full_width - width) // 2
+    if width == full_width and rows <= height and (height - rows) % 2 == 0:
+        return (height - rows) // 2, 0
+    return None
+
+
 def _next_sources(first_crop, grid, rows, width, side, first_column):
     """(crop, column) of the base tokens and of an unpadded ``rows`` × ``width`` canvas cut
     from a ``grid`` of crops, in sequence order (newlines excluded); None when that grid cannot
     unpad to that shape."""
-    height, full_width = grid[0] * side, grid[1] * side
-    if rows == height and width <= full_width and (full_width - width) % 2 == 0:
-        top, left = 0, (full_width - width) // 2
-    elif width == full_width and rows <= height and (height - rows) % 2 == 0:
-        top, left = (height - rows) // 2, 0
-    else:
+    offset = _unpad_offset(grid, rows, width, side)
+    if offset is None:
         return None
+    top, left = offset
     sources = [(first_crop, c) for c in range(first_column, side * side + 1)]
     for r in range(top, top + rows):
         for c in range(left, left + width):
@@ -601,13 +610,10 @@ def _onevision_canvas(first_crop, shape, rows, width, side, per_crop, first_patc
     """For an image whose high-resolution crops form a ``shape`` grid and unpad to ``rows`` ×
     ``width`` tokens: each non-newline token's (crop, index in that crop's projector output),
     and its (view, row, col) patch; None when that grid cannot unpad to that shape."""
-    height, full_width = shape[0] * side, shape[1] * side
-    if rows == height and width <= full_width and (full_width - width) % 2 == 0:
-        top, left = 0, (full_width - width) // 2
-    elif width == full_width and rows <= height and (height - rows) % 2 == 0:
-        top, left = (height - rows) // 2, 0
-    else:
+    offset = _unpad_offset(shape, rows, width, side)
+    if offset is None:
         return None
+    top, left = offset
     base = np.arange(per_crop)
     patch = base + first_patch
     r, c = np.divmod(np.arange(rows * width), width)
