@@ -28,6 +28,7 @@ ctest:
 bench: $(VENV)/.built
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench_select.py
 	$(PY) benchmarks/bench_hf.py
+	$(PY) benchmarks/bench_fidelity.py
 	$(PY) benchmarks/update_readme.py
 
 clean:

@@ -1,14 +1,17 @@
-"""``python -m greedyprune demo``: prune a real photo's visual tokens in a LLaVA model, no download.
+"""``python -m greedyprune demo``: ask a trained model about a scene, pruned and unpruned, no download.
 
-By default the model is a LLaVA-1.5-architecture model with *random weights*, built from a
-config: a CLIP vision tower at 336 px with 14-px patches (576 visual tokens, as in LLaVA-1.5),
-narrowed to 6 layers × 512, and a Llama decoder of 8 layers × 1024. Its tokenizer is byte-level
-and built in code (every byte a token), its image processor is CLIP's with LLaVA-1.5's settings.
-Its answers are meaningless; the token counts, prefill times and the kept-token picture are
-real. ``--model PATH`` runs the same on a local checkpoint with its own processor.
+By default the model is the built-in one (:mod:`greedyprune.builtin`, a small LLaVA trained on
+:mod:`greedyprune.scenes`): it answers a generated scene's question unpruned and with each
+method, and the output shows the reference answer beside them. ``--model PATH`` runs the same on
+a local checkpoint with its own processor, on a shipped photo unless ``--image`` says otherwise.
 
-The builders here (:func:`random_llava`, :func:`random_llava_processor`) also serve the tests,
-which pass ``size="tiny"`` for a model that runs in milliseconds with the same 576 tokens.
+``--random-weights`` uses a LLaVA-1.5-architecture model with *random weights*, built from a
+config, for timing at real sizes: a CLIP vision tower at 336 px with 14-px patches (576 visual
+tokens, as in LLaVA-1.5), narrowed to 6 layers × 512, and a Llama decoder of 8 layers × 1024,
+with a byte-level tokenizer built in code. Its answers are meaningless; the token counts,
+prefill times and the kept-token picture are real. Its builders (:func:`random_llava`,
+:func:`random_llava_processor`) also serve the tests, which pass ``size="tiny"`` for a model
+that runs in milliseconds with the same 576 tokens.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -103,16 +106,27 @@ def random_llava(size: str = "demo", seed: int = 0):
 
 
 def describe_random_llava(model) -> str:
-    config = model.config
-    vision, text = config.vision_config, config.text_config
-    side = vision.image_size // vision.patch_size
-    params = sum(p.numel() for p in model.parameters()) / 1e6
     return (f"LLaVA-1.5 architecture with RANDOM weights, built from a config (no download): "
-            f"CLIP vision tower {vision.image_size} px / patch {vision.patch_size} "
+            f"{_geometry(model)}; byte-level tokenizer; {_millions(model):.0f}M parameters. "
+            f"Its answers are meaningless; token counts, timings and the picture are real.")
+
+
+def describe_builtin(model) -> str:
+    return (f"the built-in model, a LLaVA trained from scratch on generated scenes (shipped "
+            f"with the package): {_geometry(model)}; {_millions(model):.1f}M parameters")
+
+
+def _geometry(model) -> str:
+    vision, text = model.config.vision_config, model.config.text_config
+    side = vision.image_size // vision.patch_size
+    return (f"CLIP vision tower {vision.image_size} px / patch {vision.patch_size} "
             f"({side}x{side} = {side * side} visual tokens), {vision.num_hidden_layers} layers x "
             f"{vision.hidden_size}; Llama decoder {text.num_hidden_layers} layers x "
-            f"{text.hidden_size}; byte-level tokenizer; {params:.0f}M parameters. "
-            f"Its answers are meaningless; token counts, timings and the picture are real.")
+            f"{text.hidden_size}")
+
+
+def _millions(model) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6
 
 
 def load_local(path: str, device: Optional[str] = None, dtype: str = "auto"):
@@ -127,28 +141,40 @@ def load_local(path: str, device: Optional[str] = None, dtype: str = "auto"):
 
 
 @dataclass
+class PrunedRun:
+    """One method's pruned run in the demo."""
+
+    method: str
+    tokens_after: int
+    sequence_after: int
+    prefill_seconds: float
+    hook_seconds: float
+    answer: str
+
+
+@dataclass
 class DemoResult:
     tokens_before: int
-    tokens_after: int
     sequence_before: int
-    sequence_after: int
     prefill_unpruned: float
-    prefill_pruned: float
-    hook_seconds: float
     answer_unpruned: str
-    answer_pruned: str
+    pruned: List[PrunedRun]
     picture: Optional[Path]
+    reference: Optional[str] = None
 
-    @property
-    def speedup(self) -> float:
-        return self.prefill_unpruned / self.prefill_pruned
+    def speedup(self, method: str) -> float:
+        """Unpruned over pruned prefill time for ``method``."""
+        run = next(r for r in self.pruned if r.method == method)
+        return self.prefill_unpruned / run.prefill_seconds
 
 
 def run(model, processor, *, image: Any = None, question: str = DEFAULT_QUESTION,
-        keep: int = 64, method: str = "greedyprune", lam: float = 0.5, saliency: str = "text",
-        out: Optional[str] = "greedyprune-demo.png", repeats: int = 3,
-        max_new_tokens: int = 8, print_fn=print) -> DemoResult:
-    """Time the prefill unpruned and pruned, answer both ways, draw the kept tokens."""
+        keep: int = 64, methods: Sequence[str] = ("greedyprune",), lam: float = 0.5,
+        saliency: str = "text", out: Optional[str] = "greedyprune-demo.png", repeats: int = 3,
+        max_new_tokens: int = 8, reference: Optional[str] = None, scale: int = 2,
+        print_fn=print) -> DemoResult:
+    """Time the prefill unpruned and pruned by each method, answer every way, draw the kept
+    tokens of the first method."""
     import torch
 
     from . import methods as registry
@@ -180,50 +206,58 @@ def run(model, processor, *, image: Any = None, question: str = DEFAULT_QUESTION
         return min(times[1:])
 
     unpruned = prefill_seconds()
-    order: List[Any] = []
-    selector = registry.get(method)
-    recording = _recording_selector(selector, method, order)
-    with _temporary_method(registry, recording) as name:
-        with attach(model, keep=keep, method=name, lam=lam, saliency=saliency) as handle:
-            pruned = prefill_seconds()
-            record = handle.last_prefill
     answer_unpruned = answerer(image, question).text
-    answer_pruned = answerer(image, question, method, keep).text
+    _print_header(reference, answer_unpruned, unpruned, repeats, print_fn)
+    runs, picture = [], None
+    for number, method in enumerate(methods):
+        order: List[Any] = []
+        recording = _recording_selector(registry.get(method), method, order)
+        with _temporary_method(registry, recording) as name:
+            with attach(model, keep=keep, method=name, lam=lam, saliency=saliency) as handle:
+                pruned = prefill_seconds()
+                record = handle.last_prefill
+        entry = record.images[0]
+        result = PrunedRun(method, sum(i.tokens_after for i in record.images),
+                           int(record.seq_len_after), pruned, record.hook_seconds,
+                           answerer(image, question, method, keep).text)
+        runs.append(result)
+        before = sum(i.tokens_before for i in record.images)
+        _print_run(result, before, sequence_before, unpruned, keep, lam, saliency, print_fn)
+        if out and number == 0:
+            # Selection order is drawn only when every candidate token is an image patch, so
+            # that the selector's indices are the image's token indices.
+            ranks = order[-1] if order and entry.tokens_before == entry.n_tokens else None
+            title = (f"{method}: {entry.tokens_after} of {entry.tokens_before} visual tokens kept"
+                     + (" (numbered in pick order)" if ranks is not None else ""))
+            drawing = draw_record(image, entry, scale=scale, title=title,
+                                  **({"order": ranks} if ranks is not None else {}))
+            picture = Path(out)
+            picture.parent.mkdir(parents=True, exist_ok=True)
+            drawing.save(picture)
+    if picture is not None:
+        print_fn(f"picture:  {picture} (kept patches bright and outlined, pruned ones dimmed)")
+    return DemoResult(tokens_before=sum(i.tokens_before for i in record.images),
+                      sequence_before=sequence_before, prefill_unpruned=unpruned,
+                      answer_unpruned=answer_unpruned, pruned=runs, picture=picture,
+                      reference=reference)
 
-    entry = record.images[0]
-    picture = None
-    if out:
-        # Selection order is drawn only when every candidate token is an image patch, so that
-        # the selector's indices are the image's token indices.
-        ranks = order[-1] if order and entry.tokens_before == entry.n_tokens else None
-        title = (f"{method}: {entry.tokens_after} of {entry.tokens_before} visual tokens kept"
-                 + (" (numbered in pick order)" if ranks is not None else ""))
-        drawing = draw_record(image, entry, scale=2, title=title,
-                              **({"order": ranks} if ranks is not None else {}))
-        picture = Path(out)
-        picture.parent.mkdir(parents=True, exist_ok=True)
-        drawing.save(picture)
-    result = DemoResult(
-        tokens_before=sum(i.tokens_before for i in record.images),
-        tokens_after=sum(i.tokens_after for i in record.images),
-        sequence_before=sequence_before, sequence_after=int(record.seq_len_after),
-        prefill_unpruned=unpruned, prefill_pruned=pruned, hook_seconds=record.hook_seconds,
-        answer_unpruned=answer_unpruned, answer_pruned=answer_pruned, picture=picture)
-    _print_result(result, method, keep, lam, saliency, repeats, print_fn)
-    return result
+
+def _print_header(reference, answer, seconds, repeats, print_fn) -> None:
+    if reference is not None:
+        print_fn(f"reference answer: {reference}")
+    print_fn(f"unpruned: answer {ascii(answer)}, prefill {seconds * 1e3:.1f} ms "
+             f"(best of {repeats})")
 
 
-def _print_result(r: DemoResult, method, keep, lam, saliency, repeats, print_fn) -> None:
-    print_fn(f"pruning:  method={method}, keep={keep}, lam={lam}, saliency={saliency}")
-    print_fn(f"visual tokens: {r.tokens_before} -> {r.tokens_after}   "
-             f"(sequence: {r.sequence_before} -> {r.sequence_after} tokens)")
-    print_fn(f"prefill:  unpruned {r.prefill_unpruned * 1e3:.1f} ms, pruned "
-             f"{r.prefill_pruned * 1e3:.1f} ms -> {r.speedup:.2f}x faster "
-             f"(best of {repeats}; the pruning hook itself: {r.hook_seconds * 1e3:.1f} ms)")
-    print_fn(f"answer unpruned: {ascii(r.answer_unpruned)}")
-    print_fn(f"answer pruned:   {ascii(r.answer_pruned)}")
-    if r.picture is not None:
-        print_fn(f"picture:  {r.picture} (kept patches bright and outlined, pruned ones dimmed)")
+def _print_run(r: PrunedRun, before, sequence_before, unpruned, keep, lam, saliency,
+               print_fn) -> None:
+    print_fn(f"pruning:  method={r.method}, keep={keep}, lam={lam}, saliency={saliency}")
+    print_fn(f"  visual tokens: {before} -> {r.tokens_after}   "
+             f"(sequence: {sequence_before} -> {r.sequence_after} tokens)")
+    print_fn(f"  prefill: {r.prefill_seconds * 1e3:.1f} ms, speed-up "
+             f"{unpruned / r.prefill_seconds:.2f}x over unpruned (the pruning hook itself: "
+             f"{r.hook_seconds * 1e3:.1f} ms)")
+    print_fn(f"  answer:  {ascii(r.answer)}")
 
 
 def _recording_selector(selector, method: str, order: list):
@@ -273,22 +307,49 @@ class _seeded:
         self.torch.random.set_rng_state(self.state)
 
 
-def main(model_path: Optional[str] = None, *, image: Optional[str] = None,
-         question: str = DEFAULT_QUESTION, keep: int = 64, method: str = "greedyprune",
+def main(model_path: Optional[str] = None, *, random_weights: bool = False,
+         image: Optional[str] = None, question: Optional[str] = None, seed: int = 0,
+         keep: Optional[int] = None, methods: Optional[Sequence[str]] = None,
          out: str = "greedyprune-demo.png", size: str = "demo", device: Optional[str] = None,
          repeats: int = 3, print_fn=print) -> DemoResult:
-    """The ``demo`` command: build (or load) the model, then :func:`run`."""
+    """The ``demo`` command: the built-in model on a generated scene (default), a local
+    checkpoint (``model_path``) or a random-weight model (``random_weights``, or the test-only
+    ``size="tiny"``) on a shipped photo; then :func:`run`."""
     start = time.perf_counter()
-    if model_path is None:
-        model, processor = random_llava(size), random_llava_processor()
-        print_fn(f"model:    {describe_random_llava(model)}")
+    reference, scale = None, 2
+    if model_path is None and not random_weights and size == "demo":
+        from . import builtin, scenes
+
+        model, processor = builtin.load(device)
+        print_fn(f"model:    {describe_builtin(model)}")
+        if image is None:
+            record = scenes.benchmark(seed, len(scenes.CATEGORIES))[seed % len(scenes.CATEGORIES)]
+            image, question = record.image, question or record.question
+            reference = record.answers[0]
+            print_fn(f"image:    a generated scene (seed {seed}; --seed picks another)")
+        else:
+            print_fn(f"image:    {image}")
+        question = question or "How many circles are there?"
+        keep = 16 if keep is None else keep
+        methods = methods or ["greedyprune", "divprune", "random"]
+        scale = 3
     else:
-        model, processor = load_local(model_path, device)
-        print_fn(f"model:    {model_path} ({type(model).__name__}, local files only)")
-    shown = image or f"{sample_image_path()} (NASA photo of astronaut Eileen Collins, public domain)"
-    print_fn(f"image:    {shown}")
+        if model_path is None:
+            model, processor = random_llava(size), random_llava_processor()
+            print_fn(f"model:    {describe_random_llava(model)}")
+        else:
+            model, processor = load_local(model_path, device)
+            print_fn(f"model:    {model_path} ({type(model).__name__}, local files only)")
+        shown = image or (f"{sample_image_path()} (NASA photo of astronaut Eileen Collins, "
+                          "public domain)")
+        print_fn(f"image:    {shown}")
+        question = question or DEFAULT_QUESTION
+        keep = 64 if keep is None else keep
+        methods = methods or ["greedyprune"]
     print_fn(f"question: {question}")
-    result = run(model, processor, image=image, question=question, keep=keep, method=method,
-                 out=out, repeats=repeats, print_fn=print_fn)
+    result = run(model, processor, image=image, question=question, keep=keep, methods=methods,
+                 out=out, repeats=repeats, reference=reference, scale=scale, print_fn=print_fn)
     print_fn(f"done in {time.perf_counter() - start:.1f} s")
     return result
+
+

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import re
@@ -40,13 +41,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
-__all__ = ["Answer", "HFAnswerer", "Record", "Report", "Result", "compare", "load_records",
-           "normalize_answer", "vqa_accuracy"]
+__all__ = ["Answer", "HFAnswerer", "Record", "Report", "Result", "Setting", "compare",
+           "load_records", "normalize_answer", "vqa_accuracy"]
 
 #: LLaVA-1.5's prompt for short-answer VQA (its VQAv2 / GQA evaluation prompt).
 SHORT_ANSWER_PROMPT = "{question}\nAnswer the question using a single word or phrase."
 
 UNPRUNED = "unpruned"
+
+#: Methods whose picks depend on the seed: :func:`compare` runs them once per seed.
+SEEDED_METHODS = ("random",)
 
 
 # --- answer normalization and scoring ---------------------------------------------------------
@@ -98,12 +102,14 @@ def vqa_accuracy(prediction: str, references: Sequence[str]) -> float:
 
 @dataclass
 class Record:
-    """One case: an image (path or PIL image), a question, optional reference answers."""
+    """One case: an image (path or PIL image), a question, optional reference answers, and an
+    optional category (a question type) that reports break accuracy down by."""
 
     image: Any
     question: str
     answers: Optional[List[str]] = None
     id: str = ""
+    category: str = ""
 
 
 def load_records(path: Union[str, Path], limit: Optional[int] = None) -> List[Record]:
@@ -160,8 +166,34 @@ class Answer:
     tokens_after: Optional[int] = None
 
 
-#: ``answerer(image, question, method, keep) -> Answer``; ``method=None``: unpruned.
-Answerer = Callable[[Any, str, Optional[str], Optional[Union[int, float]]], Answer]
+#: ``answerer(image, question, method, keep, **options) -> Answer``; ``method=None``:
+#: unpruned. ``options`` (``lam``, ``saliency``, ``seed``) are passed only by a :class:`Setting`
+#: that sets them, or for a seeded method compared over several seeds.
+Answerer = Callable[..., Answer]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A pruning configuration to compare: a method and, optionally, the ``lam`` and
+    ``saliency`` it runs with (None: the answerer's own). ``label`` names it in reports
+    (default: the method, followed by the options that are set)."""
+
+    method: str
+    lam: Optional[float] = None
+    saliency: Optional[str] = None
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        options = ", ".join(f"{k}={v}" for k, v in self.options().items())
+        return f"{self.method}({options})" if options else self.method
+
+    def options(self) -> Dict[str, Any]:
+        """The options this setting passes to the answerer."""
+        return {k: v for k, v in (("lam", self.lam), ("saliency", self.saliency)) if v is not None}
+
 
 
 class PrefillTimer:
@@ -227,29 +259,68 @@ class HFAnswerer:
         self.max_new_tokens = int(max_new_tokens)
         self.prompt = prompt
         self.attach_options = dict(lam=lam, saliency=saliency, seed=seed)
+        self.last: tuple = ()
 
     def __repr__(self) -> str:
         return (f"HFAnswerer({type(self.model).__name__}, max_new_tokens={self.max_new_tokens}, "
                 f"{', '.join(f'{k}={v!r}' for k, v in self.attach_options.items())})")
 
-    def inputs(self, image: Any, question: str) -> Any:
-        """The processor's tensors for one (image, question), on the model's device."""
+    def inputs(self, image: Any, question: Union[str, Sequence[str]]) -> Any:
+        """The processor's tensors for one (image, question), or for lists of images and
+        questions (a left-padded batch), on the model's device."""
+        single = isinstance(question, str)
+        images = [image] if single else list(image)
+        questions = [question] if single else list(question)
+        processor = self.processor
+        prompts = [self._prompt(q) for q in questions]
+        padding = {} if single else {"padding": True}
+        tokenizer = getattr(processor, "tokenizer", None)
+        side = getattr(tokenizer, "padding_side", None)
+        if not single and side is not None:
+            tokenizer.padding_side = "left"  # generation continues every row at its end
+        try:
+            inputs = processor(images=[_load_image(i) for i in images] if not single
+                               else _load_image(image), text=prompts if not single else prompts[0],
+                               return_tensors="pt", **padding)
+        finally:
+            if side is not None:
+                tokenizer.padding_side = side
+        return inputs.to(self.model.device)
+
+    def _prompt(self, question: str) -> str:
         text = self.prompt.format(question=question)
         processor = self.processor
         if getattr(processor, "chat_template", None):
             conversation = [{"role": "user", "content": [{"type": "image"},
                                                          {"type": "text", "text": text}]}]
-            prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
-        else:
-            token = getattr(processor, "image_token", "<image>")
-            prompt = f"USER: {token}\n{text} ASSISTANT:"
-        inputs = processor(images=_load_image(image), text=prompt, return_tensors="pt")
-        return inputs.to(self.model.device)
+            return processor.apply_chat_template(conversation, add_generation_prompt=True)
+        token = getattr(processor, "image_token", "<image>")
+        return f"USER: {token}\n{text} ASSISTANT:"
 
     def __call__(self, image: Any, question: str, method: Optional[str] = None,
-                 keep: Optional[Union[int, float]] = None) -> Answer:
+                 keep: Optional[Union[int, float]] = None, **options: Any) -> Answer:
+        """Answer one question; ``options`` (``lam``, ``saliency``, ``seed``) override the
+        answerer's own for this call."""
+        return self._answer(image, question, method, keep, options)[0]
+
+    def answer_batch(self, images: Sequence[Any], questions: Sequence[str],
+                     method: Optional[str] = None, keep: Optional[Union[int, float]] = None,
+                     **options: Any) -> List[Answer]:
+        """Answer several questions in one left-padded ``generate()`` call (the budget applies
+        to each image). Much faster than one by one; the answers are the same, but
+        ``prefill_seconds`` is the whole batch's prefill, so :func:`compare` leaves it out."""
+        if len(images) != len(questions) or not questions:
+            raise ValueError("images and questions must be non-empty and of equal length, got "
+                             f"{len(images)} and {len(questions)}")
+        return self._answer(images, list(questions), method, keep, options)
+
+    def _answer(self, image, question, method, keep, options) -> List[Answer]:
         import torch
 
+        unknown = set(options) - set(self.attach_options)
+        if unknown:
+            raise TypeError(f"unexpected options {sorted(unknown)}; HFAnswerer takes "
+                            f"{', '.join(self.attach_options)}")
         inputs = self.inputs(image, question)
         handle = None
         with contextlib.ExitStack() as stack:
@@ -257,20 +328,28 @@ class HFAnswerer:
                 from .hf import attach
 
                 budget = {"keep_ratio": keep} if _is_ratio(keep) else {"keep": keep}
+                attach_options = {**self.attach_options, **options}
+                if attach_options["saliency"] == "none":  # λ has no effect there: say nothing
+                    attach_options["lam"] = 0.0
                 handle = stack.enter_context(attach(self.model, method=method, **budget,
-                                                    **self.attach_options))
+                                                    **attach_options))
             timer = stack.enter_context(PrefillTimer(self.model))
             stack.enter_context(torch.inference_mode())
             output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
                                          do_sample=False)
         prompt_length = inputs["input_ids"].shape[1]
-        text = self.processor.batch_decode(output[:, prompt_length:],
-                                           skip_special_tokens=True)[0].strip()
-        before = after = visual_token_count(self.model, inputs["input_ids"])
-        if handle is not None and handle.last:
-            before = sum(image.tokens_before for image in handle.last)
-            after = sum(image.tokens_after for image in handle.last)
-        return Answer(text, timer.seconds, before, after)
+        texts = [t.strip() for t in self.processor.batch_decode(output[:, prompt_length:],
+                                                                 skip_special_tokens=True)]
+        #: The kept-token records of the last call (``handle.last``; empty when unpruned).
+        self.last = tuple(handle.last) if handle is not None and handle.last else ()
+        answers = []
+        for row, text in enumerate(texts):
+            before = after = visual_token_count(self.model, inputs["input_ids"][row])
+            if self.last:
+                before = sum(r.tokens_before for r in self.last if r.row == row)
+                after = sum(r.tokens_after for r in self.last if r.row == row)
+            answers.append(Answer(text, timer.seconds, before, after))
+        return answers
 
 
 def visual_token_count(model: Any, input_ids: Any) -> Optional[int]:
@@ -311,6 +390,8 @@ class Result:
     prefill_seconds: Optional[float] = None
     tokens_before: Optional[int] = None
     tokens_after: Optional[int] = None
+    category: str = ""
+    seed: Optional[int] = None
 
 
 @dataclass
@@ -321,6 +402,8 @@ class Report:
     methods: List[str]
     keeps: List[Union[int, float]]
     model: str = ""
+    #: How each method label was produced: its method name and options, and the seeds.
+    settings: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     rows: List[Dict[str, Any]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -340,7 +423,7 @@ class Report:
             times = [r.prefill_seconds for r in chosen if r.prefill_seconds is not None]
             before = [r.tokens_before for r in chosen if r.tokens_before is not None]
             after = [r.tokens_after for r in chosen if r.tokens_after is not None]
-            rows.append({
+            row = {
                 "method": method,
                 "keep": "all" if keep is None else keep,
                 "answers": len(chosen),
@@ -349,10 +432,38 @@ class Report:
                 "prefill_ms": statistics.median(times) * 1e3 if times else None,
                 "tokens_before": statistics.fmean(before) if before else None,
                 "tokens_after": statistics.fmean(after) if after else None,
-            })
+            }
+            seeds = sorted({r.seed for r in chosen if r.seed is not None})
+            if len(seeds) > 1:  # the spread of the per-seed means
+                by_seed = [[r for r in chosen if r.seed == s] for s in seeds]
+                if scored:
+                    row["accuracy_sd"] = statistics.stdev(
+                        statistics.fmean(r.accuracy for r in group) for group in by_seed)
+                row["agreement_sd"] = statistics.stdev(
+                    statistics.fmean(r.agrees for r in group) for group in by_seed)
+            rows.append(row)
         base = rows[0]["prefill_ms"] if rows and rows[0]["method"] == UNPRUNED else None
         for row in rows:
             row["speedup"] = (base / row["prefill_ms"]) if base and row["prefill_ms"] else None
+        return rows
+
+    def categories(self) -> List[str]:
+        """The records' categories, in order of first appearance (empty when none is set)."""
+        return list(dict.fromkeys(r.category for r in self.results if r.category))
+
+    def summary_by_category(self) -> List[Dict[str, Any]]:
+        """One row per configuration and category: answers, mean accuracy, agreement."""
+        rows = []
+        for row in self.rows:
+            keep = None if row["keep"] == "all" else row["keep"]
+            for category in self.categories():
+                chosen = [r for r in self.results if r.method == row["method"] and r.keep == keep
+                          and r.category == category]
+                scored = [r.accuracy for r in chosen if r.accuracy is not None]
+                rows.append({"method": row["method"], "keep": row["keep"], "category": category,
+                             "answers": len(chosen),
+                             "accuracy": statistics.fmean(scored) if scored else None,
+                             "agreement": statistics.fmean(r.agrees for r in chosen)})
         return rows
 
     def agreement(self, method: str, keep: Union[int, float]) -> float:
@@ -366,24 +477,43 @@ class Report:
         """The summary as a markdown table (``fmt="markdown"``) or CSV (``fmt="csv"``)."""
         columns = ["method", "keep", "answers", "accuracy", "agreement", "prefill_ms",
                    "speedup", "tokens_before", "tokens_after"]
+        columns += [c for c in ("accuracy_sd", "agreement_sd") if any(c in r for r in self.rows)]
         if fmt == "csv":
             out = io.StringIO()
             writer = csv.DictWriter(out, columns, lineterminator="\n")
             writer.writeheader()
-            writer.writerows({c: ("" if row[c] is None else row[c]) for c in columns}
+            writer.writerows({c: ("" if row.get(c) is None else row[c]) for c in columns}
                              for row in self.rows)
             return out.getvalue()
         if fmt != "markdown":
             raise ValueError(f"fmt must be 'markdown' or 'csv', got {fmt!r}")
         formats = {"accuracy": "{:.3f}", "agreement": "{:.3f}", "prefill_ms": "{:.1f}",
-                   "speedup": "{:.2f}x", "tokens_before": "{:.0f}", "tokens_after": "{:.0f}"}
-        lines = ["| " + " | ".join(columns) + " |",
-                 "|" + "|".join("---" if c == "method" else "---:" for c in columns) + "|"]
-        for row in self.rows:
-            cells = ["-" if row[c] is None else formats.get(c, "{}").format(row[c])
-                     for c in columns]
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines) + "\n"
+                   "speedup": "{:.2f}x", "tokens_before": "{:.0f}", "tokens_after": "{:.0f}",
+                   "accuracy_sd": "{:.3f}", "agreement_sd": "{:.3f}"}
+        return _markdown(columns, self.rows, formats)
+
+    def table_by_category(self, fmt: str = "markdown") -> str:
+        """Accuracy per category: markdown, one row per configuration and a column per
+        category (agreement with the unpruned answer in parentheses); or CSV, one line per
+        configuration and category."""
+        rows = self.summary_by_category()
+        if fmt == "csv":
+            out = io.StringIO()
+            columns = ["method", "keep", "category", "answers", "accuracy", "agreement"]
+            writer = csv.DictWriter(out, columns, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows({c: ("" if row[c] is None else row[c]) for c in columns}
+                             for row in rows)
+            return out.getvalue()
+        if fmt != "markdown":
+            raise ValueError(f"fmt must be 'markdown' or 'csv', got {fmt!r}")
+        wide: Dict[Any, Dict[str, Any]] = {}
+        for row in rows:
+            cell = "-" if row["accuracy"] is None else f"{row['accuracy']:.3f}"
+            wide.setdefault((row["method"], row["keep"]), {"method": row["method"],
+                                                           "keep": row["keep"]})[
+                row["category"]] = f"{cell} ({row['agreement']:.2f})"
+        return _markdown(["method", "keep"] + self.categories(), list(wide.values()), {})
 
     def results_csv(self) -> str:
         """Every answer, one CSV line each."""
@@ -441,15 +571,26 @@ class Report:
         return path
 
     def save(self, folder: Union[str, Path]) -> Dict[str, Path]:
-        """Write ``summary.md``, ``summary.csv``, ``answers.csv`` and (with matplotlib)
-        ``plot.png`` into ``folder``; return their paths by name."""
+        """Write ``summary.md``, ``summary.csv``, ``answers.csv``, ``settings.json`` (how each
+        method label was produced), with categories ``summary_by_category.csv``, and (with
+        matplotlib) ``plot.png`` into ``folder``; return their paths by name."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        paths = {"summary.md": folder / "summary.md", "summary.csv": folder / "summary.csv",
-                 "answers.csv": folder / "answers.csv"}
-        paths["summary.md"].write_text(self.table("markdown"), encoding="utf-8")
+        paths = {name: folder / name for name in
+                 ("summary.md", "summary.csv", "answers.csv", "settings.json")}
+        markdown = self.table("markdown")
+        if self.categories():
+            markdown += ("\nAccuracy by category (agreement with the unpruned answer in "
+                         "parentheses):\n\n" + self.table_by_category())
+            paths["summary_by_category.csv"] = folder / "summary_by_category.csv"
+            paths["summary_by_category.csv"].write_text(self.table_by_category("csv"),
+                                                        encoding="utf-8")
+        paths["summary.md"].write_text(markdown, encoding="utf-8")
         paths["summary.csv"].write_text(self.table("csv"), encoding="utf-8")
         paths["answers.csv"].write_text(self.results_csv(), encoding="utf-8")
+        paths["settings.json"].write_text(json.dumps(
+            {"model": self.model, "records": len({r.record for r in self.results}),
+             "settings": self.settings}, indent=1) + "\n", encoding="utf-8")
         try:
             paths["plot.png"] = self.plot(folder / "plot.png")
         except ImportError:
@@ -460,30 +601,54 @@ class Report:
 def compare(
     answerer: Answerer,
     records: Iterable[Union[Record, Dict[str, Any]]],
-    methods: Sequence[str] = ("greedyprune",),
+    methods: Sequence[Union[str, Setting]] = ("greedyprune",),
     keeps: Sequence[Union[int, float]] = (64, 128, 192),
     *,
+    seeds: Sequence[int] = (0,),
+    batch_size: int = 1,
     progress: bool = True,
     model: str = "",
 ) -> Report:
     """Answer every record unpruned and under every (method, keep); return a :class:`Report`.
 
     ``records``: :class:`Record` objects or dicts with ``image``, ``question`` and optional
-    ``answers``. ``methods``: names from :mod:`greedyprune.methods`. ``keeps``: tokens kept per
-    image (ints) or fractions (floats in (0, 1)), not mixed. ``progress`` shows a progress bar.
+    ``answers`` and ``category``. ``methods``: names from :mod:`greedyprune.methods`, or
+    :class:`Setting` objects that also fix ``lam`` / ``saliency``. ``keeps``: tokens kept per
+    image (ints) or fractions (floats in (0, 1)), not mixed. ``seeds``: the seeds a seeded
+    method (``random``) runs with; with several, the report gives the mean over all of them and
+    the spread (standard deviation) of the per-seed means. ``batch_size`` > 1 answers that
+    many records per call through the answerer's ``answer_batch`` (:class:`HFAnswerer` has
+    one): much faster, the same answers, no prefill times. ``progress`` shows a progress bar.
     """
     from . import methods as registry
 
     records = [r if isinstance(r, Record) else Record(**r) for r in records]
     if not records:
         raise ValueError("records must hold at least one case")
-    methods = list(methods)
-    for name in methods:
-        registry.get(name)  # an unknown name fails now, not after the unpruned pass
+    settings = [m if isinstance(m, Setting) else Setting(_method_name(m)) for m in methods]
+    for setting in settings:
+        registry.get(setting.method)  # an unknown name fails now, not after the unpruned pass
+    labels = [s.name for s in settings]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"methods must have distinct names, got {labels}")
     keeps = _check_keeps(keeps)
+    seeds = _check_seeds(seeds)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if batch_size > 1 and not hasattr(answerer, "answer_batch"):
+        raise ValueError("batch_size > 1 needs an answerer with an answer_batch method "
+                         "(HFAnswerer has one)")
 
+    # (setting, seed, the options it passes): seeded methods once per seed when there are several.
+    runs = [(s, seed, {**s.options(), **({} if seed is None else {"seed": seed})})
+            for s in settings
+            for seed in (seeds if s.method in SEEDED_METHODS and len(seeds) > 1 else [None])]
     results: List[Result] = []
-    total = len(records) * (1 + len(methods) * len(keeps))
+    total = len(records) * (1 + len(runs) * len(keeps))
+    if batch_size > 1:
+        with _progress_bar(total, progress) as bar:
+            results = _compare_batched(answerer, records, runs, keeps, batch_size, bar)
+        return _report(results, settings, labels, keeps, seeds, model)
     with _progress_bar(total, progress) as bar:
         for n, record in enumerate(records):
             name = record.id or str(n)
@@ -491,23 +656,84 @@ def compare(
             reference = answerer(image, record.question, None, None)
             bar.update(1)
             results.append(_result(name, UNPRUNED, None, reference, reference, record))
-            for method in methods:
+            for setting, seed, options in runs:
                 for keep in keeps:
-                    bar.set_postfix_str(f"{method} keep={keep}", refresh=False)
-                    answer = answerer(image, record.question, method, keep)
+                    bar.set_postfix_str(f"{setting.name} keep={keep}", refresh=False)
+                    answer = answerer(image, record.question, setting.method, keep, **options)
                     bar.update(1)
-                    results.append(_result(name, method, keep, answer, reference, record))
-    return Report(results, methods, keeps, model=model)
+                    results.append(_result(name, setting.name, keep, answer, reference, record,
+                                           seed))
+    return _report(results, settings, labels, keeps, seeds, model)
 
 
-def _result(name, method, keep, answer: Answer, reference: Answer, record: Record) -> Result:
+def _report(results, settings, labels, keeps, seeds, model) -> Report:
+    described = {s.name: {"method": s.method, **s.options(),
+                          **({"seeds": seeds} if s.method in SEEDED_METHODS else {})}
+                 for s in settings}
+    return Report(results, labels, keeps, model=model, settings=described)
+
+
+def _compare_batched(answerer, records, runs, keeps, batch_size, bar) -> List[Result]:
+    """:func:`compare`'s loop, configuration by configuration, ``batch_size`` records a call."""
+    names = [record.id or str(n) for n, record in enumerate(records)]
+    images = [_load_image(record.image) for record in records]
+    chunks = [range(start, min(start + batch_size, len(records)))
+              for start in range(0, len(records), batch_size)]
+
+    def answer_all(method, keep, options):
+        answers = []
+        for chunk in chunks:
+            answers += answerer.answer_batch([images[i] for i in chunk],
+                                             [records[i].question for i in chunk],
+                                             method, keep, **options)
+            bar.update(len(chunk))
+        return [dataclasses.replace(a, prefill_seconds=None) for a in answers]
+
+    references = answer_all(None, None, {})
+    results = [_result(name, UNPRUNED, None, ref, ref, record)
+               for name, ref, record in zip(names, references, records)]
+    for setting, seed, options in runs:
+        for keep in keeps:
+            bar.set_postfix_str(f"{setting.name} keep={keep}", refresh=False)
+            answers = answer_all(setting.method, keep, options)
+            results += [_result(name, setting.name, keep, answer, ref, record, seed)
+                        for name, answer, ref, record in zip(names, answers, references, records)]
+    return results
+
+
+def _method_name(method: Any) -> str:
+    if not isinstance(method, str):
+        raise TypeError("methods must hold method names or Setting objects, got "
+                        f"{type(method).__name__}")
+    return method
+
+
+def _check_seeds(seeds) -> List[int]:
+    seeds = list(seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ValueError(f"seeds must be non-negative integers (at least one), got {seeds}")
+    return seeds
+
+
+def _result(name, method, keep, answer: Answer, reference: Answer, record: Record,
+            seed: Optional[int] = None) -> Result:
     return Result(
         record=name, method=method, keep=keep, answer=answer.text,
         agrees=normalize_answer(answer.text) == normalize_answer(reference.text),
         accuracy=None if not record.answers else vqa_accuracy(answer.text, record.answers),
         prefill_seconds=answer.prefill_seconds, tokens_before=answer.tokens_before,
-        tokens_after=answer.tokens_after,
+        tokens_after=answer.tokens_after, category=record.category, seed=seed,
     )
+
+
+def _markdown(columns: List[str], rows: List[Dict[str, Any]], formats: Dict[str, str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + "|".join("---" if c == "method" else "---:" for c in columns) + "|"]
+    for row in rows:
+        cells = ["-" if row.get(c) is None else formats.get(c, "{}").format(row[c])
+                 for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _check_keeps(keeps) -> List[Union[int, float]]:

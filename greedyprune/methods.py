@@ -20,16 +20,27 @@ Registered selectors:
 ``divprune``     max-min diversity (DivPrune, Alvar et al., CVPR 2025): first the token farthest
                  from its nearest neighbour, then farthest-point sampling, in the cosine distance
                  of SPEC.md. Ignores saliency.
+``cdpruner``     conditional-DPP MAP (CDPruner, Zhang et al., NeurIPS 2025): greedy log-det on the
+                 kernel ``q_i·(x̂_i·x̂_j)·q_j``, q the min-max normalized saliency (constant
+                 without it: a plain DPP on cosine similarity). Ignores ``lam``.
 ``random``       a uniformly random subset, reproducible for a given ``seed`` (and N, k).
 ``uniform``      evenly strided: the middle token of each of k equal stretches of the sequence.
 
 Add one with :func:`register`; look one up with :func:`get`; list them with :func:`names`.
 torch is never imported here: a tensor is recognized only if torch was already imported.
+
+Threads: the NumPy matrix products here (``divprune``'s nearest neighbours, ``cdpruner``) run
+inside :func:`blas_threads`, which holds NumPy's BLAS to :func:`greedyprune.get_num_threads`
+threads when threadpoolctl is installed. Otherwise OpenBLAS sizes its own pool, which no
+greedyprune or torch setting reaches, and inside a model's prefill it competes with torch's
+threads.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import Any, Callable, Dict, List, Optional, Tuple
+import threading
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -45,6 +56,15 @@ _REGISTRY: Dict[str, Selector] = {}
 # Rows of the (chunk × N) similarity block computed at once by `divprune`: about 4M entries
 # (32 MB in float64) whatever N is, so memory stays O(N·chunk), never N×N.
 _BLOCK_ENTRIES = 1 << 22
+
+# `cdpruner`: the floor added to the normalized saliency, so that the least relevant token keeps
+# a non-zero quality (the official code adds 1e-6 too, see `cdpruner`).
+_CDPRUNER_FLOOR = 1e-6
+# `cdpruner`: a token whose residual d²(S) (squared distance of x̂_i to the span of the picked
+# tokens, 1 for a fresh unit row) is at most this is treated as lying in that span: its log-det
+# gain is -inf. Well above the rounding noise of d² after hundreds of picks, far below any
+# distinct direction a real feature set has.
+_CDPRUNER_SPAN_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 
 
 def register(name: str, *, wrap: bool = True) -> Callable[[Selector], Selector]:
@@ -125,7 +145,8 @@ def topk(x, k, s, *, lam, seed):
 @register("divprune")
 def divprune(x, k, s, *, lam, seed):
     """Max-min diversity, starting from the token farthest from its nearest neighbour."""
-    first = np.array([_farthest_from_nearest_neighbour(xb) for xb in x])
+    with blas_threads():
+        first = np.array([_farthest_from_nearest_neighbour(xb) for xb in x])
     # After the first pick the rule is farthest-point sampling, which is GreedyPrune with the
     # diversity term alone. A saliency that is 1 at the first pick and 0 elsewhere, at λ = 1/2,
     # makes the core pick it first (gain 1 against at most 1/2) and then leaves gains of exactly
@@ -135,6 +156,135 @@ def divprune(x, k, s, *, lam, seed):
     import greedyprune as _gp
 
     return _gp.select(x, k, onehot, 0.5)
+
+
+@register("cdpruner")
+def cdpruner(x, k, s, *, lam, seed):
+    """Conditional-DPP MAP (CDPruner): greedy ``log det`` of ``L = diag(q)·S·diag(q)``.
+
+    ``S_ij = x̂_i·x̂_j`` is the cosine similarity of the features and ``q`` each token's
+    relevance: ``q = ŝ + 1e-6`` with ``ŝ`` the min-max normalized saliency of SPEC.md §1
+    (per image), or ``q = 1`` when saliency is absent or constant (a plain DPP on cosine
+    similarity). Each step adds the token that most increases ``log det L_S``, that is the
+    largest ``d_i² = q_i²·(S_ii − ||c_i||²)`` of the incremental Cholesky of Chen et al.
+    (NeurIPS 2018); the lowest index wins a tie. ``lam`` and ``seed`` are checked and unused.
+
+    Followed: the official code (github.com/Theia-4869/CDPruner, ``llava_arch.py``), which
+    builds ``relevance = (r − min r + 1e-6) / (max r − min r)`` and the kernel
+    ``relevance_i · S_ij · relevance_j``, then runs the fast greedy MAP above on the full
+    kernel. Differences: (a) the 1e-6 floor is added after normalizing, so that it does not
+    depend on the saliency's scale (it only matters for the least relevant token), and min
+    and max are per image, as every selector here treats each image on its own (the official
+    code takes them over its whole batch, e.g. across LLaVA-NeXT's crops); (b) relevance is
+    whatever ``saliency`` says, higher = more relevant: the official LLaVA code negates the
+    mean CLIP text-image similarity first, a choice of the saliency, not of the selector;
+    (c) no N×N kernel is stored: the recursion runs on ``S``, one row ``S_j· = X̂·x̂_j``
+    computed per pick, and ranks by ``q²·d²(S)``, which equals ``d²(L)`` exactly (``L``'s
+    Schur complements are ``S``'s scaled by ``q_i²``), with ``S_ii = 1`` exactly for a
+    non-zero row; O(N·k·D + N·k²) time, O(N·k) memory beyond the normalized features;
+    (d) degenerate input is handled as below (the official code divides by the vanishing
+    ``d_j`` and continues on rounding noise).
+
+    ``lam`` is ignored because the official method has no such weight by default: its code
+    offers an optional θ (``q = exp(θ·ŝ / (2(1 − θ)))``, the relevance-diversity trade-off of
+    Chen et al.) only as a comment, and no θ turns the exponential into the default linear
+    ``q``, so mapping ``lam`` onto θ would make the default call differ from CDPruner. (Intel's
+    Python port turns θ = 0.5 on by default; OpenVINO GenAI's C++ port uses the linear ``q``.)
+
+    Degenerate input: a token whose residual ``d²(S)`` is numerically zero (an exact
+    duplicate of a picked token, a zero row, anything in the span of the picks once k exceeds
+    the rank of X) has gain ``−inf``. Exact duplicates are recognized up front, so that the
+    lowest index among equally relevant copies is the one the greedy may pick. When no token
+    with a positive gain is left, the remaining picks go to the most relevant remaining tokens
+    (largest q), lowest index first: exactly k distinct indices, whatever the input.
+    """
+    work = np.float64 if x.dtype == np.float64 else np.float32
+    with blas_threads():
+        return np.stack([
+            cdpruner_order(x[b], k, cdpruner_quality(None if s is None else s[b], work))
+            for b in range(len(x))
+        ])
+
+
+def cdpruner_quality(s: Optional[np.ndarray], dtype=np.float64) -> Optional[np.ndarray]:
+    """CDPruner's per-token quality ``q = ŝ + 1e-6`` for one image's saliency ``s`` (N,), or
+    None (meaning q = 1) when ``s`` is None or constant."""
+    if s is None:
+        return None
+    from .reference import normalized_saliency
+
+    s = np.asarray(s, dtype=np.float64)
+    if s.min() == s.max():
+        return None
+    return (normalized_saliency(s, len(s)) + _CDPRUNER_FLOOR).astype(dtype)
+
+
+def cdpruner_order(x: np.ndarray, k: int, q: Optional[np.ndarray] = None) -> np.ndarray:
+    """The k tokens of one image (``x`` (N, D)) in the order `cdpruner` picks them, for quality
+    ``q`` (N,) (None: q = 1). Computed in float64 for float64 ``x``, float32 otherwise."""
+    from .reference import unit_rows
+
+    work = np.float64 if x.dtype == np.float64 else np.float32
+    xhat = unit_rows(np.asarray(x, dtype=work))
+    n = len(xhat)
+    q = np.ones(n, dtype=work) if q is None else np.asarray(q, dtype=work)
+    tol = _CDPRUNER_SPAN_TOL[np.dtype(work)]
+
+    # d_i²(S) before any pick is S_ii: exactly 1 for a unit row (not its rounded square norm,
+    # which would break the tie between all tokens at the first pick), 0 for a zero row.
+    residual = (xhat != 0).any(axis=1).astype(work)
+    quality2 = q * q
+    candidate = _first_of_equal_rows(xhat, q)
+    picked = np.zeros(n, dtype=bool)
+    cholesky = np.empty((k, n), dtype=work)  # row t: the t-th column of the Cholesky factor
+    order: List[int] = []
+    for t in range(k):
+        live = candidate & (residual > tol)
+        if not live.any():
+            break  # every gain is -inf from here on: the span of the picks holds them all
+        j = int(np.argmax(np.where(live, quality2 * residual, -np.inf)))
+        order.append(j)
+        picked[j], candidate[j] = True, False
+        if t + 1 == k:
+            break
+        # Kernel row j on demand (never N×N), orthogonalized against the earlier picks.
+        row = xhat @ xhat[j] - cholesky[:t, j] @ cholesky[:t]
+        cholesky[t] = row / np.sqrt(residual[j])
+        residual -= cholesky[t] * cholesky[t]
+    if len(order) < k:
+        rest = np.flatnonzero(~picked)
+        rest = rest[np.lexsort((rest, -q[rest]))]  # most relevant first, then lowest index
+        order.extend(rest[:k - len(order)].tolist())
+    return np.array(order, dtype=np.int64)
+
+
+def _first_of_equal_rows(xhat: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Mask of the tokens the greedy may pick: of each group of bitwise-equal rows of ``xhat``,
+    only the most relevant (largest q, then lowest index). The others have exactly the same
+    gain or a lower one at every step until that token is picked, and zero gain after it, but
+    the matrix products may round their d² differently by position; ruling them out keeps the
+    tie rule exact."""
+    n = len(xhat)
+    mask = np.ones(n, dtype=bool)
+    # Rows that differ in their first few entries cannot be equal: compare whole rows only
+    # among those that share them (none, for most images).
+    _, prefix_group, prefix_count = np.unique(_row_keys(xhat[:, :8]), return_inverse=True,
+                                              return_counts=True)
+    maybe = np.flatnonzero(prefix_count[prefix_group.ravel()] > 1)
+    if len(maybe) == 0:
+        return mask
+    _, group = np.unique(_row_keys(xhat[maybe]), return_inverse=True)
+    by_group = np.lexsort((maybe, -q[maybe], group.ravel()))
+    later = np.zeros(len(maybe), dtype=bool)
+    later[1:] = group.ravel()[by_group[1:]] == group.ravel()[by_group[:-1]]
+    mask[maybe[by_group[later]]] = False
+    return mask
+
+
+def _row_keys(rows: np.ndarray) -> np.ndarray:
+    """One opaque scalar per row, equal exactly when the rows are bitwise equal."""
+    rows = np.ascontiguousarray(rows)
+    return rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
 
 
 @register("random")
@@ -170,17 +320,78 @@ def nearest_neighbour_distance(x: np.ndarray) -> np.ndarray:
     n = len(xhat)
     nearest = np.full(n, np.inf, dtype=work)
     block = max(1, min(n, _BLOCK_ENTRIES // n))
-    for start in range(0, n, block):
-        stop = min(n, start + block)
-        dist = (1.0 - xhat[start:stop] @ xhat.T) / 2.0
-        dist[np.arange(stop - start), np.arange(start, stop)] = np.inf  # not its own neighbour
-        nearest[start:stop] = dist.min(axis=1)
+    with blas_threads():
+        for start in range(0, n, block):
+            stop = min(n, start + block)
+            dist = (1.0 - xhat[start:stop] @ xhat.T) / 2.0
+            dist[np.arange(stop - start), np.arange(start, stop)] = np.inf  # not its own
+            nearest[start:stop] = dist.min(axis=1)
     return nearest
 
 
 def _farthest_from_nearest_neighbour(x: np.ndarray) -> int:
     # argmax returns the lowest index among ties, as everywhere in the spec.
     return int(np.argmax(nearest_neighbour_distance(x)))
+
+
+# --- BLAS threads -----------------------------------------------------------------------------
+
+_blas_lock = threading.RLock()
+_blas_depth = 0
+_blas_controller: Any = None  # a threadpoolctl controller of the BLAS libraries; False: none
+
+
+def _blas() -> Any:
+    """The threadpoolctl controller of the loaded BLAS libraries, built once (about a
+    millisecond); None without threadpoolctl or without a BLAS it knows. NumPy's BLAS is
+    loaded when NumPy is imported, before this module, so one scan finds it."""
+    global _blas_controller
+    if _blas_controller is not None:
+        return _blas_controller or None
+    with _blas_lock:
+        if _blas_controller is not None:
+            return _blas_controller or None
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _blas_controller = False
+        else:
+            found = ThreadpoolController().select(user_api="blas")
+            _blas_controller = found if found.lib_controllers else False
+    return _blas_controller or None
+
+
+@contextlib.contextmanager
+def blas_threads() -> Iterator[None]:
+    """Hold NumPy's BLAS to :func:`greedyprune.get_num_threads` threads inside the block.
+
+    Needs threadpoolctl; without it (or without a BLAS it can control) the block runs
+    unchanged. Re-entrant. Blocks in different Python threads take turns: OpenBLAS's thread
+    count is process-wide, so a limit set in one thread and restored in another would leak
+    (threadpoolctl lets only the thread that set a limit change it). A few tens of
+    microseconds per block.
+    """
+    global _blas_depth
+    controller = _blas()
+    if controller is None:
+        yield
+        return
+    with _blas_lock:
+        if _blas_depth:  # nested in this thread: the limit is already in place
+            _blas_depth += 1
+            try:
+                yield
+            finally:
+                _blas_depth -= 1
+            return
+        from ._api import get_num_threads
+
+        _blas_depth = 1
+        try:
+            with controller.limit(limits=get_num_threads()):
+                yield
+        finally:
+            _blas_depth = 0
 
 
 def _torch_tensor_type():

@@ -38,7 +38,7 @@ def test_demo_command_runs_from_a_fresh_process(tmp_path):
     text = run.stdout
     assert "RANDOM weights" in text and "576 visual tokens" in text
     assert "visual tokens: 576 -> 64" in text
-    assert "prefill:  unpruned" in text and "faster" in text
+    assert "unpruned: answer" in text and "speed-up" in text
     with Image.open(out) as picture:
         assert picture.width == 672 and picture.height > 672  # 2x the 336-px photo, plus a title
 
@@ -90,12 +90,15 @@ def test_eval_command_end_to_end(checkpoint, tmp_path, capsys):
 
 def test_defaults_are_the_realistic_ones():
     args = build_parser().parse_args(["demo"])
-    assert (args.model_size, args.keep, args.method, args.model) == ("demo", 64, "greedyprune", None)
+    # None: chosen by model (16 of the built-in model's 144 tokens, 64 of LLaVA-1.5's 576).
+    assert (args.model_size, args.keep, args.method, args.model) == ("demo", None, None, None)
+    assert not args.random_weights
     widths = demo.SIZES["demo"]
     assert widths["text"]["num_hidden_layers"] >= 8 and widths["text"]["hidden_size"] >= 1024
-    args = build_parser().parse_args(["eval", "--model", "m", "--data", "d.jsonl"])
-    assert args.keep == [64, 128, 192]
+    args = build_parser().parse_args(["eval"])
+    assert (args.model, args.data, args.num_questions, args.seed) == (None, None, 200, 0)
     assert args.methods == ["greedyprune", "divprune", "topk", "random"]
+    assert args.keep is None and args.seeds == [0] and args.prompt is None
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -104,7 +107,13 @@ def test_defaults_are_the_realistic_ones():
     (["demo", "--method", "nope"], "unknown method 'nope'"),
     (["eval", "--model", "m", "--data", "d", "--keep", "64,0.5"], "all token counts or all"),
     (["eval", "--model", "m", "--data", "missing.jsonl"], "--data: [Errno 2]"),
-    (["eval", "--data", "d"], "--model"),
+    (["eval", "--num-questions", "0"], "expected a positive integer"),
+    (["eval", "--limit", "-3"], "expected a positive integer"),
+    (["eval", "--seeds", "1,-2"], "non-negative integers"),
+    (["eval", "--prompt", "Answer briefly."], "must contain {question}"),
+    (["eval", "--lam", "1.5"], "--lam: must be in [0, 1]"),
+    (["demo", "--keep", "0"], "expected a positive integer"),
+    (["demo", "--model", "m", "--random-weights"], "not allowed with argument"),
     ([], "COMMAND"),
 ])
 def test_bad_command_lines_exit_with_a_message(argv, words, capsys):

@@ -5,6 +5,8 @@ import csv
 import io
 import json
 
+import numpy as np
+
 import pytest
 from PIL import Image
 
@@ -144,7 +146,11 @@ def test_tables_and_files(tmp_path):
     answers = list(csv.DictReader(io.StringIO(report.results_csv())))
     assert len(answers) == 15 and {"record", "answer", "agrees"} <= set(answers[0])
     paths = report.save(tmp_path / "out")
-    assert set(paths) == {"summary.md", "summary.csv", "answers.csv", "plot.png"}
+    assert set(paths) == {"summary.md", "summary.csv", "answers.csv", "settings.json",
+                          "plot.png"}   # no categories in these records: no per-category CSV
+    settings = json.loads(paths["settings.json"].read_text())
+    assert settings == {"model": "scripted", "records": 3, "settings": {
+        "greedyprune": {"method": "greedyprune"}, "random": {"method": "random", "seeds": [0]}}}
     with Image.open(paths["plot.png"]) as plot:
         assert plot.format == "PNG" and plot.width > 300
     report.plot(tmp_path / "agreement.png", metric="agreement")
@@ -152,6 +158,78 @@ def test_tables_and_files(tmp_path):
         report.plot(tmp_path / "x.png", metric="speed")
     with pytest.raises(ValueError, match="fmt"):
         report.table("html")
+
+
+class Optioned(Scripted):
+    """Scripted, also taking options: the answer depends on the seed and on lam."""
+
+    def __call__(self, image, question, method, keep, **options):
+        self.calls.append((method, keep, options))
+        if method is None:
+            return Answer("blue", 0.1, 64, 64)
+        if method == "random":
+            return Answer("blue" if options["seed"] % 2 == 0 else "red", 0.05, 64, keep)
+        return Answer("blue" if options.get("lam", 0.5) >= 0.5 else "red", 0.05, 64, keep)
+
+
+def categorized():
+    image = Image.new("RGB", (8, 8))
+    return [Record(image, "Colour?", ["blue"], id=str(i), category=c)
+            for i, c in enumerate(["colour", "count", "colour", "count"])]
+
+
+def test_settings_seeds_and_categories():
+    answerer = Optioned()
+    report = compare(answerer, categorized(),
+                     [evaluate.Setting("greedyprune", lam=0.25, saliency="cls"),
+                      evaluate.Setting("greedyprune", lam=0.75, label="gp high"), "random"],
+                     [8], seeds=[0, 1, 2], progress=False)
+    assert report.methods == ["greedyprune(lam=0.25, saliency=cls)", "gp high", "random"]
+    # Options reach the answerer; random runs once per seed, the others once.
+    assert answerer.calls[1:6] == [("greedyprune", 8, {"lam": 0.25, "saliency": "cls"}),
+                                   ("greedyprune", 8, {"lam": 0.75}),
+                                   ("random", 8, {"seed": 0}), ("random", 8, {"seed": 1}),
+                                   ("random", 8, {"seed": 2})]
+    rows = {r["method"]: r for r in report.rows}
+    assert rows["gp high"]["accuracy"] == 1.0 and rows["greedyprune(lam=0.25, saliency=cls)"][
+        "accuracy"] == 0.0
+    assert rows["random"]["answers"] == 12 and rows["random"]["accuracy"] == pytest.approx(2 / 3)
+    assert rows["random"]["accuracy_sd"] == pytest.approx(np.std([1, 0, 1], ddof=1))
+    assert "accuracy_sd" not in rows["gp high"]
+    assert report.categories() == ["colour", "count"]
+    by = {(r["method"], r["category"]): r for r in report.summary_by_category()}
+    assert by["unpruned", "count"]["answers"] == 2 and by["random", "colour"]["answers"] == 6
+    wide = report.table_by_category()
+    assert wide.splitlines()[0] == "| method | keep | colour | count |"
+    assert "| gp high | 8 | 1.000 (1.00) | 1.000 (1.00) |" in wide
+    assert "accuracy_sd" in report.table().splitlines()[0]
+    assert report.settings["random"] == {"method": "random", "seeds": [0, 1, 2]}
+
+
+def test_saved_files_with_categories(tmp_path):
+    report = compare(Optioned(), categorized(), ["random"], [8], seeds=[0, 1], progress=False)
+    paths = report.save(tmp_path)
+    rows = list(csv.DictReader(open(paths["summary_by_category.csv"])))
+    assert [(r["method"], r["category"]) for r in rows] == [
+        ("unpruned", "colour"), ("unpruned", "count"), ("random", "colour"), ("random", "count")]
+    assert "Accuracy by category" in paths["summary.md"].read_text()
+    answers = list(csv.DictReader(open(paths["answers.csv"])))
+    assert {a["seed"] for a in answers if a["method"] == "random"} == {"0", "1"}
+    assert {a["category"] for a in answers} == {"colour", "count"}
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    (dict(seeds=[]), ValueError, "seeds must be non-negative integers"),
+    (dict(seeds=[-1]), ValueError, "seeds must be non-negative integers"),
+    (dict(methods=[3]), TypeError, "methods must hold method names or Setting objects"),
+    (dict(methods=["random", evaluate.Setting("topk", label="random")]), ValueError,
+     "distinct names"),
+])
+def test_compare_checks_settings_and_seeds(kwargs, error, words):
+    args = dict(methods=["random"], keeps=[8])
+    args.update(kwargs)
+    with pytest.raises(error, match=words):
+        compare(Optioned(), categorized(), progress=False, **args)
 
 
 def test_progress_bar_goes_to_stderr(capsys):
@@ -225,3 +303,20 @@ def test_assert_agreement_on_a_model(tiny_llava):
     image = Image.new("RGB", (40, 40), (20, 160, 30))
     assert_agreement(evaluate.HFAnswerer(model, processor, max_new_tokens=3),
                      [{"image": image, "question": "Color?"}], keep=576, at_least=1.0)
+
+
+def test_hf_answerer_options_override_its_own(tiny_llava):
+    model, processor = tiny_llava
+    answerer = evaluate.HFAnswerer(model, processor, max_new_tokens=2, saliency="text")
+    image = Image.new("RGB", (40, 40), (20, 160, 30))
+    answerer(image, "Color?", "greedyprune", 8, saliency="query", lam=0.9)
+    assert [r.tokens_after for r in answerer.last] == [8]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # saliency="none": lam is irrelevant, so no warning
+        answerer(image, "Color?", "greedyprune", 8, saliency="none", lam=0.9)
+    answerer(image, "Color?")
+    assert answerer.last == ()
+    with pytest.raises(TypeError, match=r"unexpected options \['temperature'\]"):
+        answerer(image, "Color?", "greedyprune", 8, temperature=0.5)

@@ -173,7 +173,8 @@ def test_kept_set_equals_select_on_the_same_features_and_saliency(arch):
     visual = placeholders(inputs)
     newline = getattr(model.model, "image_newline", None)   # LLaVA-NeXT, OneVision
     for saliency in ("text", "none"):
-        with attach(model, keep=3, lam=0.3, saliency=saliency) as handle:
+        lam = 0.3 if saliency == "text" else 0.0   # λ has no effect without saliency
+        with attach(model, keep=3, lam=lam, saliency=saliency) as handle:
             logits(model, inputs)
         assert sorted(r.modality for r in handle.last) == prompt_modalities(PROMPTS[arch])
         for record in handle.last:
@@ -189,7 +190,7 @@ def test_kept_set_equals_select_on_the_same_features_and_saliency(arch):
                 anchor = embeds[b, valid[b] & ~visual[b]].mean(0)
                 score = torch.nn.functional.cosine_similarity(features, anchor[None],
                                                               dim=-1).numpy()
-            picks = greedyprune.select(features.numpy(), 3, score, 0.3)
+            picks = greedyprune.select(features.numpy(), 3, score, lam)
             kept_candidates = np.flatnonzero(candidates.numpy())[picks]
             selected = record.kept[~np.isin(record.kept, np.flatnonzero(~candidates.numpy()))]
             assert selected.tolist() == kept_candidates.tolist(), (saliency, record)

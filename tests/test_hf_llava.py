@@ -194,6 +194,44 @@ def test_bad_arguments_raise_clear_errors():
     assert hook_count(model) == 0
 
 
+def test_lam_with_saliency_none_warns_when_given_to_greedyprune():
+    model = tiny("llava").model
+    inputs, _ = batch("llava")
+
+    def kept(**options):
+        with attach(model, keep=3, saliency="none", **options) as handle:
+            logits(model, inputs)
+        return [r.kept.tolist() for r in handle.last]
+
+    with pytest.warns(UserWarning, match=r"lam=0\.3 has no effect with saliency='none'") as got:
+        attach(model, keep=3, lam=0.3, saliency="none").detach()
+    assert len(got) == 1 and got[0].filename == __file__  # points at the caller's line
+    # What it says is so: any lam < 1 keeps what lam = 0 keeps; lam = 1 the first k tokens.
+    with pytest.warns(UserWarning, match="no effect"):
+        at_03 = kept(lam=0.3)
+    assert at_03 == kept(lam=0.0)
+    with pytest.warns(UserWarning, match="first k tokens"):
+        assert kept(lam=1.0) == [[0, 1, 2]] * len(at_03)
+    assert hook_count(model) == 0
+
+
+def test_no_lam_warning_for_the_default_or_where_lam_matters_or_is_unused():
+    import warnings
+
+    model = tiny("llava").model
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for options in (dict(saliency="none"), dict(saliency="none", lam=0.0),
+                        dict(saliency="text", lam=0.3), dict(saliency="cls", lam=1.0),
+                        dict(saliency="none", lam=0.3, method="divprune")):
+            handle = attach(model, keep=3, **options)
+            handle.detach()
+    handle = attach(model, keep=3, saliency="none")  # lam left out means 0.5
+    assert handle.lam == 0.5 and "lam=0.5" in repr(handle)
+    handle.detach()
+    assert hook_count(model) == 0
+
+
 def test_supported_models_come_from_the_table():
     from greedyprune.hf import _archs
 

@@ -1,12 +1,14 @@
 """The selector registry (greedyprune.methods): the shared contract, then each selector's
 defining property, checked against a brute-force statement of it."""
+import threading
+
 import numpy as np
 import pytest
 
 import greedyprune
 from greedyprune import methods, reference
 
-ALL = ["greedyprune", "topk", "divprune", "random", "uniform"]
+ALL = ["greedyprune", "topk", "divprune", "cdpruner", "random", "uniform"]
 
 
 def make(n=40, d=6, b=None, seed=0, dtype=np.float64):
@@ -28,6 +30,35 @@ def brute_divprune(x, k):
         m[picks] = -np.inf
         picks.append(int(np.argmax(m)))
     return np.sort(picks)
+
+
+def cdpruner_quality(s):
+    """CDPruner's relevance, spelled out: min-max normalized, plus 1e-6; constant -> 1."""
+    if s is None or s.min() == s.max():
+        return np.ones(len(s) if s is not None else 0)
+    return (s - s.min()) / (s.max() - s.min()) + 1e-6
+
+
+def brute_cdpruner(x, k, s=None):
+    """Greedy MAP of the conditional DPP spelled out: the full kernel diag(q)·S·diag(q), and at
+    each step the token whose addition gives the largest log det of the kernel submatrix (tiny
+    N only). Returns the picks in order."""
+    xhat = reference.unit_rows(x.astype(np.float64))
+    q = cdpruner_quality(s) if s is not None else np.ones(len(x))
+    similarity = xhat @ xhat.T
+    np.fill_diagonal(similarity, (xhat != 0).any(axis=1))  # S_ii = 1 exactly, 0 for a zero row
+    kernel = q[:, None] * similarity * q[None, :]
+    picks = []
+    for _ in range(k):
+        best, best_logdet = None, -np.inf
+        for i in range(len(x)):
+            if i in picks:
+                continue
+            sign, logdet = np.linalg.slogdet(kernel[np.ix_(picks + [i], picks + [i])])
+            if sign > 0 and logdet > best_logdet:  # strict: the lowest index wins a tie
+                best, best_logdet = i, logdet
+        picks.append(best)
+    return picks
 
 
 # --- the registry -----------------------------------------------------------------------------
@@ -225,3 +256,177 @@ def test_uniform_is_evenly_strided():
     kept = methods.get("uniform")(np.ones((100, 2)), 7)
     assert set(np.diff(kept).tolist()) <= {14, 15}
     assert kept[0] + (99 - kept[-1]) in (14, 15, 13)  # the slack is split at both ends
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cdpruner_is_the_greedy_map_of_the_conditional_dpp(seed):
+    x, s = make(n=24, d=16, seed=seed)
+    for saliency in (None, s):
+        expected = brute_cdpruner(x, 9, saliency)
+        q = methods.cdpruner_quality(saliency)
+        assert methods.cdpruner_order(x, 9, q).tolist() == expected  # the same order
+        np.testing.assert_array_equal(methods.get("cdpruner")(x, 9, saliency), np.sort(expected))
+
+
+def test_cdpruner_float32_picks_are_within_rounding_of_the_best_log_det_gain():
+    x, s = make(n=40, d=24, seed=7)
+    q = cdpruner_quality(s)
+    xhat = reference.unit_rows(x)
+    kernel = q[:, None] * (xhat @ xhat.T) * q[None, :]
+    order = methods.cdpruner_order(x.astype(np.float32), 12,
+                                   methods.cdpruner_quality(s.astype(np.float32), np.float32))
+    assert len(set(order.tolist())) == 12
+    for t, j in enumerate(order.tolist()):
+        before = order[:t].tolist()
+        gains = {i: np.linalg.slogdet(kernel[np.ix_(before + [i], before + [i])])[1]
+                 for i in range(40) if i not in before}
+        assert gains[j] >= max(gains.values()) - 1e-3
+
+
+def test_cdpruner_relevance_and_what_it_ignores():
+    x, s = make(n=30, d=10, seed=3)
+    cd = methods.get("cdpruner")
+    # lam (and seed) are ignored; a constant saliency is no saliency.
+    plain = cd(x, 6)
+    for lam in (0.0, 1.0):
+        np.testing.assert_array_equal(cd(x, 6, s, lam=lam, seed=5), cd(x, 6, s))
+    np.testing.assert_array_equal(cd(x, 6, np.full(30, 2.5)), plain)
+    # Relevance changes the picks; the scale and offset of the saliency do not.
+    assert not np.array_equal(cd(x, 6, s), plain)
+    np.testing.assert_array_equal(cd(x, 6, 1e3 * s - 7), cd(x, 6, s))
+    # The first pick has the largest d² = q² (every unit row has S_ii = 1): the most relevant
+    # token is always kept; without saliency, token 0.
+    for seed in range(5):
+        x, s = make(n=30, d=10, seed=seed)
+        assert int(np.argmax(s)) in cd(x, 3, s).tolist()
+        assert methods.cdpruner_order(x, 3)[0] == 0
+
+
+def test_cdpruner_keeps_exactly_k_on_duplicates_zero_rows_and_low_rank():
+    rng = np.random.default_rng(0)
+    cd = methods.get("cdpruner")
+    base = rng.normal(size=(4, 6))
+    dup = np.repeat(base, 5, axis=0)  # tokens 5g .. 5g + 4 are equal
+    # One pick per distinct token (the lowest index of each), then the lowest remaining
+    # indices: the kernel is singular from the fifth pick on.
+    assert cd(dup, 6).tolist() == [0, 1, 2, 5, 10, 15]
+    for k in range(1, 21):
+        kept = cd(dup, k)
+        assert kept.shape == (k,) and (np.diff(kept) > 0).all()
+    # With saliency, the most relevant copy of each token stands for it, and the fill after
+    # the singular point goes to the most relevant remaining tokens.
+    s = np.arange(20.0)
+    assert cd(dup, 6, s).tolist() == [4, 9, 14, 17, 18, 19]
+    assert methods.cdpruner_order(dup, 6, methods.cdpruner_quality(s)).tolist()[:4] == \
+        [19, 14, 9, 4]
+    # Zero rows have no volume: kept last.
+    x = rng.normal(size=(8, 8))
+    x[[1, 4]] = 0.0
+    assert sorted(cd(x, 6).tolist()) == [0, 2, 3, 5, 6, 7]
+    assert cd(x, 7).tolist() == [0, 1, 2, 3, 5, 6, 7]
+    # k above the rank (3): the first three picks are the brute-force ones, the rest fills.
+    low = rng.normal(size=(12, 3)) @ rng.normal(size=(3, 8))
+    order = methods.cdpruner_order(low, 7)
+    assert order[:3].tolist() == brute_cdpruner(low, 3)
+    assert order[3:].tolist() == [i for i in range(12) if i not in order[:3]][:4]
+    for dtype in (np.float32, np.float16):
+        kept = cd(low.astype(dtype), 7)
+        assert len(set(kept.tolist())) == 7
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cdpruner_lowest_index_of_equal_tokens_wins_whatever_their_position(dtype):
+    # Each token appears twice, 21 rows apart: a matrix product may round the two copies'
+    # similarities differently, yet the copy with the lower index must be the one kept.
+    rng = np.random.default_rng(5)
+    for d in (24, 64, 300):
+        base = rng.normal(size=(21, d)).astype(dtype)
+        x = np.concatenate([base, base])
+        assert methods.get("cdpruner")(x, 21).tolist() == list(range(21))
+        s = rng.normal(size=21).astype(dtype)
+        assert methods.get("cdpruner")(x, 21, np.concatenate([s, s])).tolist() == \
+            list(range(21))
+
+
+def test_cdpruner_float32_matches_float64_on_well_separated_input():
+    x, s = make(n=50, d=32, seed=11)
+    np.testing.assert_array_equal(methods.get("cdpruner")(x.astype(np.float32), 10,
+                                                          s.astype(np.float32)),
+                                  methods.get("cdpruner")(x, 10, s))
+
+
+# --- BLAS threads ------------------------------------------------------------------------------
+
+
+def blas_thread_counts():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    return [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+            if lib["user_api"] == "blas"]
+
+
+@pytest.fixture
+def package_threads_differ_from_blas():
+    """greedyprune.get_num_threads() set to a count the BLAS does not have now."""
+    before = blas_thread_counts()
+    if not before:
+        pytest.skip("threadpoolctl finds no BLAS library")
+    target = 1 if before[0] > 1 else 2
+    previous = greedyprune.set_num_threads(target)
+    yield before, target
+    greedyprune.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("name", ["divprune", "cdpruner"])
+def test_numpy_blas_runs_on_the_package_thread_count(name, monkeypatch,
+                                                     package_threads_differ_from_blas):
+    before, target = package_threads_differ_from_blas
+    x, s = make(n=60, d=8, b=2)
+    expected = methods.get(name)(x, 7, s)
+    seen = []
+    unit_rows = reference.unit_rows
+
+    def spying_unit_rows(a):  # runs next to the selector's matrix products
+        seen.append(blas_thread_counts())
+        return unit_rows(a)
+
+    monkeypatch.setattr(reference, "unit_rows", spying_unit_rows)
+    np.testing.assert_array_equal(methods.get(name)(x, 7, s), expected)
+    assert seen and all(counts == [target] * len(before) for counts in seen)
+    assert blas_thread_counts() == before  # restored afterwards
+    # Without threadpoolctl the selectors run unchanged, the BLAS untouched.
+    monkeypatch.setattr(methods, "_blas_controller", False)
+    seen.clear()
+    np.testing.assert_array_equal(methods.get(name)(x, 7, s), expected)
+    assert seen and all(counts == before for counts in seen)
+
+
+def test_blas_limit_is_reentrant_and_safe_across_threads(package_threads_differ_from_blas):
+    before, target = package_threads_differ_from_blas
+    inside = []
+    with methods.blas_threads():
+        with methods.blas_threads():
+            inside.append(blas_thread_counts())
+        inside.append(blas_thread_counts())
+    assert inside == [[target] * len(before)] * 2
+    assert blas_thread_counts() == before
+    x, s = make(n=80, d=8, b=2)
+    expected = methods.get("cdpruner")(x, 9, s)
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(5):
+                results.append(methods.get("cdpruner")(x, 9, s))
+                inside.append(methods.nearest_neighbour_distance(x[0]).shape)
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors and len(results) == 15
+    for result in results:
+        np.testing.assert_array_equal(result, expected)
+    assert blas_thread_counts() == before  # no limit leaked out of a thread

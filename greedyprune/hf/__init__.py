@@ -100,14 +100,17 @@ from typing import List, Optional
 
 from ._records import ImageRecord, PatchGrid, PrefillRecord
 
-SALIENCY = ("text", "cls", "none")
+SALIENCY = ("text", "cls", "query", "none")
+
+#: The ``lam`` that :func:`attach` uses when none is given.
+DEFAULT_LAM = 0.5
 
 __all__ = ["attach", "supported_models", "PruneHandle", "ImageRecord", "PatchGrid",
            "PrefillRecord", "SALIENCY"]
 
 
 def attach(model, keep: Optional[int] = None, *, keep_ratio: Optional[float] = None,
-           lam: float = 0.5, saliency: str = "text", method: str = "greedyprune",
+           lam: Optional[float] = None, saliency: str = "text", method: str = "greedyprune",
            seed: int = 0):
     """Prune visual tokens in every forward and ``generate()`` call of ``model``.
 
@@ -118,9 +121,17 @@ def attach(model, keep: Optional[int] = None, *, keep_ratio: Optional[float] = N
         Visual tokens kept per image (>= 1). Exactly one of ``keep`` and ``keep_ratio``.
     keep_ratio : float, optional
         Fraction of each image's tokens kept, in (0, 1]; rounded up, at least one token.
-    lam : float
-        Weight of saliency against diversity, in [0, 1] (SPEC.md §1).
-    saliency : {"text", "cls", "none"}
+    lam : float, optional
+        Weight of saliency against diversity, in [0, 1] (SPEC.md §1); None (the default) means
+        0.5. With ``saliency="none"`` there is no saliency to weigh: passing a ``lam`` other
+        than 0 to method "greedyprune" then warns (every ``lam < 1`` keeps the same tokens, and
+        ``lam = 1`` leaves all gains at 0, keeping the first ``k`` tokens).
+    saliency : {"text", "cls", "query", "none"}
+        Where relevance comes from: ``"text"``, the cosine of each visual token's input
+        embedding with the mean input embedding of the text tokens; ``"cls"``, the vision
+        tower's [CLS] attention (CLIP-style towers); ``"query"``, the attention the first
+        decoder layer's text-token queries pay each visual token (content only, computed from
+        the q/k projections, no attention maps); ``"none"``, diversity only.
     method : str
         A selector name from :func:`greedyprune.methods.names` ("greedyprune" by default).
     seed : int
@@ -135,7 +146,8 @@ def attach(model, keep: Optional[int] = None, *, keep_ratio: Optional[float] = N
     from .. import _validate, methods
 
     keep, keep_ratio = _check_budget(keep, keep_ratio)
-    lam = _validate.check_lam(lam)
+    lam_given = lam is not None
+    lam = _validate.check_lam(DEFAULT_LAM if lam is None else lam)
     if not isinstance(saliency, str) or saliency not in SALIENCY:
         raise ValueError(f"saliency must be one of {', '.join(map(repr, SALIENCY))}, "
                          f"got {saliency!r}")
@@ -150,7 +162,16 @@ def attach(model, keep: Optional[int] = None, *, keep_ratio: Optional[float] = N
     if saliency == "cls" and spec.cls_probe is None:
         raise ValueError(f"saliency='cls' needs a vision tower with a [CLS] token, which "
                          f"{spec.name} does not have: use saliency='text' or 'none'")
+    if lam_given and lam != 0 and saliency == "none" and method == "greedyprune":
+        # ŝ = 0 without saliency, so the gain is (1 − λ)·m: λ < 1 only rescales it, and λ = 1
+        # zeroes it, so that the lowest indices win every tie.
+        warnings.warn(f"lam={lam} has no effect with saliency='none' (diversity only): every "
+                      f"lam < 1 keeps the same tokens as lam=0, and lam=1 zeroes every gain, "
+                      f"keeping the first k tokens; leave lam out or pass lam=0, or use "
+                      f"saliency='text', 'cls' or 'query'", UserWarning, stacklevel=2)
     inner = spec.inner(model) if is_top else model
+    if saliency == "query":
+        _check_query_layer(spec.decoder(inner), spec.name)
     previous = getattr(inner, ATTRIBUTE, None)
     if previous is not None:
         warnings.warn(f"{type(model).__name__} already has greedyprune.hf attached "
@@ -165,6 +186,17 @@ def supported_models() -> List[str]:
     from ._archs import supported_classes
 
     return supported_classes()
+
+
+def _check_query_layer(decoder, name: str) -> None:
+    layers = getattr(decoder, "layers", None)
+    layer = layers[0] if layers is not None and len(layers) else None
+    attention = getattr(layer, "self_attn", None)
+    if not (hasattr(layer, "input_layernorm") and hasattr(attention, "q_proj")
+            and hasattr(attention, "k_proj")):
+        raise ValueError(f"saliency='query' reads the first decoder layer's input_layernorm and "
+                         f"self_attn.q_proj/k_proj, which {name}'s decoder does not have: use "
+                         f"saliency='text', 'cls' or 'none'")
 
 
 def _check_budget(keep, keep_ratio):

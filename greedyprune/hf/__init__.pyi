@@ -3,6 +3,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 SALIENCY: Tuple[str, ...]
+DEFAULT_LAM: float
 
 class PatchGrid:
     patch_side: int
@@ -56,7 +57,7 @@ def attach(
     keep: Optional[int] = ...,
     *,
     keep_ratio: Optional[float] = ...,
-    lam: float = ...,
+    lam: Optional[float] = ...,
     saliency: str = ...,
     method: str = ...,
     seed: int = ...,

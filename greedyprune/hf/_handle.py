@@ -351,6 +351,7 @@ class PruneHandle:
             plan = _prune.plan_prefill(
                 embeds, valid, units, placeholders, saliency=self.saliency,
                 cls_rows=torch.cat(cls_rows) if cls_rows else None,
+                first_layer=self._decoder.layers[0] if self.saliency == "query" else None,
                 selector=self._selector, keep=self.keep, keep_ratio=self.keep_ratio,
                 lam=self.lam, seed=self.seed,
             )

@@ -8,7 +8,9 @@ One prefill, for a batch of B rows of L tokens whose placeholder runs were locat
 1. Candidates: each image's placeholder tokens except its structural ones (LLaVA-NeXT newlines).
 2. Saliency per candidate (SPEC.md §5): ``"text"`` is the cosine between its input embedding
    and the mean input embedding of its row's text tokens (not placeholders, not padding);
-   ``"cls"`` reads the [CLS]-attention rows captured in the vision tower; ``"none"`` is None.
+   ``"cls"`` reads the [CLS]-attention rows captured in the vision tower; ``"query"`` is the
+   attention the first decoder layer's queries of the row's text tokens would pay each visual
+   token (:func:`query_relevance`); ``"none"`` is None.
 3. Budget ``k = min(keep, n)`` or ``ceil(keep_ratio · n)`` (at least 1) per image; images of
    equal ``(n, k)`` go to the selector in one batched call (the C core runs them in parallel).
 4. Kept: every valid non-placeholder token, the selected candidates, and each structural token
@@ -112,6 +114,44 @@ def cls_attention(attention, hidden: torch.Tensor) -> torch.Tensor:
     return scores.softmax(dim=-1).mean(dim=1)
 
 
+def query_relevance(layer, embeds: torch.Tensor, valid: torch.Tensor,
+                    placeholders: torch.Tensor) -> torch.Tensor:
+    """``saliency="query"``: for each row, the attention that the first decoder layer's queries
+    at the row's text tokens would pay each of its placeholder tokens, float32 (B, L) (zero off
+    the placeholders).
+
+    ``layer`` is the decoder's first layer (its ``input_layernorm`` and ``self_attn`` with
+    ``q_proj``/``k_proj``, and ``q_norm``/``k_norm`` where the model has them). For text token
+    t, head h and placeholder j: ``softmax_j(q_th · k_jh · scale)``, the softmax over the row's
+    placeholders, averaged over heads and text tokens. Content only: rotary position terms and
+    the causal order are left out, so the relevance does not depend on where the tokens sit
+    (text before or after the image alike). Computed from the two projections of the tokens
+    involved: no attention maps, any attention backend.
+    """
+    attention = layer.self_attn
+    config = attention.config
+    heads = int(config.num_attention_heads)
+    head_dim = int(getattr(attention, "head_dim", config.hidden_size // heads))
+    groups = heads // int(getattr(config, "num_key_value_heads", None) or heads)
+    scale = float(getattr(attention, "scaling", head_dim ** -0.5))
+    out = torch.zeros(valid.shape, dtype=torch.float32, device=embeds.device)
+    text = valid & ~placeholders
+    visual = valid & placeholders
+    for row in range(embeds.shape[0]):
+        if not text[row].any() or not visual[row].any():
+            continue
+        x_text = layer.input_layernorm(embeds[row, text[row]])
+        x_vis = layer.input_layernorm(embeds[row, visual[row]])
+        q = attention.q_proj(x_text).view(len(x_text), -1, head_dim)
+        k = attention.k_proj(x_vis).view(len(x_vis), -1, head_dim)
+        if hasattr(attention, "q_norm"):
+            q, k = attention.q_norm(q), attention.k_norm(k)
+        k = k.repeat_interleave(groups, dim=1)                       # (N, H, d)
+        scores = torch.einsum("thd,nhd->htn", q.float(), k.float()) * scale
+        out[row, visual[row]] = scores.softmax(dim=-1).mean(dim=(0, 1))
+    return out
+
+
 def cosine_to_anchor(features: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
     """Cosine of each token (G, n, D) with its image's anchor (G, D), float32 (G, n). A matrix
     product and two norms: no broadcast copy of the features, no float copy of half-precision
@@ -144,6 +184,7 @@ def plan_prefill(
     *,
     saliency: str,
     cls_rows: Optional[torch.Tensor],
+    first_layer: Optional[torch.nn.Module] = None,
     selector: Callable,
     keep: Optional[int],
     keep_ratio: Optional[float],
@@ -154,7 +195,8 @@ def plan_prefill(
 
     ``embeds`` (B, L, D) are the merged input embeddings, ``valid`` (B, L) the padding mask,
     ``placeholders`` (B, L) every media placeholder token, ``cls_rows`` the [CLS]-attention
-    rows captured in the vision tower, flattened (``saliency="cls"`` only).
+    rows captured in the vision tower, flattened (``saliency="cls"`` only), ``first_layer``
+    the decoder's first layer (``saliency="query"`` only).
     """
     seconds = {"saliency": 0.0, "select": 0.0}
     device = embeds.device
@@ -163,8 +205,10 @@ def plan_prefill(
         start = time.perf_counter()
         anchor = text_anchor(embeds, valid, placeholders)
         seconds["saliency"] += time.perf_counter() - start
-    elif saliency == "cls":
-        cls_flat = cls_rows
+    elif saliency == "query":
+        start = time.perf_counter()
+        relevance = query_relevance(first_layer, embeds, valid, placeholders)
+        seconds["saliency"] += time.perf_counter() - start
 
     # Candidates (token indices within each unit) and budgets.
     candidates, budgets = [], []
@@ -196,7 +240,12 @@ def plan_prefill(
         elif saliency == "cls":
             sources = np.stack([units[i].layout.vision_index[candidates[i]] + units[i].vision_offset
                                 for i in members])
-            scores = cls_flat[torch.from_numpy(sources).to(cls_flat.device)].to(device)
+            scores = cls_rows[torch.from_numpy(sources).to(cls_rows.device)].to(device)
+        elif saliency == "query":
+            rows = torch.tensor([units[i].row for i in members], device=device)
+            columns = torch.from_numpy(np.stack([units[i].positions[candidates[i]]
+                                                 for i in members])).to(device)
+            scores = relevance[rows[:, None], columns]
         seconds["saliency"] += time.perf_counter() - start
         start = time.perf_counter()
         kept = selector(features, k, scores, lam=lam, seed=seed)
