@@ -41,6 +41,7 @@ import greedyprune  # noqa: E402
 from greedyprune import builtin, methods, scenes  # noqa: E402
 from greedyprune.evaluate import UNPRUNED, HFAnswerer, Setting, compare  # noqa: E402
 from greedyprune.hf import attach  # noqa: E402
+from greedyprune.reference import normalized_saliency  # noqa: E402
 
 BUDGETS = (6, 12, 24, 48)
 LAMS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -58,14 +59,9 @@ def settings():
     return chosen
 
 
-def cells(things):
-    """Raster indices (0–143) of the grid cells the objects cover."""
-    out = set()
-    for t in things:
-        for r in range(t.row, t.row + t.cells):
-            for c in range(t.col, t.col + t.cells):
-                out.add(r * scenes.GRID + c)
-    return out
+def patches(things):
+    """The visual tokens (raster indices, 0–143) that the objects cover."""
+    return set().union(*(t.patches for t in things))
 
 
 class Probe:
@@ -82,7 +78,8 @@ class Probe:
             for row, image in enumerate(images):
                 (record,) = [r for r in self.answerer.last if r.row == row]
                 kept = set(record.kept.tolist())
-                hit = [bool(cells([t]) & kept) for t in scenes.mentioned(self.by_image[id(image)])]
+                hit = [bool(kept.intersection(t.patches))
+                       for t in scenes.mentioned(self.by_image[id(image)])]
                 self.hits.setdefault(key, []).append(
                     statistics.fmean(hit) if hit else 1.0)
         return answers
@@ -96,25 +93,21 @@ def saliency_profile(model, processor, questions, kind):
         seen.append(None if saliency is None else np.asarray(saliency, dtype=np.float64))
         return greedyprune.select(features, k, saliency, lam)
 
-    methods.register("_profile", wrap=False)(recording)
     answerer = HFAnswerer(model, processor, max_new_tokens=1, prompt="{question}")
     groups = {"question's objects": [], "other objects": [], "background": []}
-    try:
+    with methods.registered("_profile", recording) as name:
         for q in questions:
             inputs = answerer.inputs(scenes.image(q.scene), q.question)
-            with attach(model, keep=12, method="_profile", saliency=kind), torch.inference_mode():
+            with attach(model, keep=12, method=name, saliency=kind), torch.inference_mode():
                 model(**inputs)
             s = seen[-1][0] if seen[-1].ndim == 2 else seen[-1]
-            span = s.max() - s.min()
-            s = (s - s.min()) / span if span > 0 else np.zeros_like(s)
-            asked = cells(scenes.mentioned(q))
-            objects = cells(q.scene.things)
+            s = normalized_saliency(s, len(s))  # ŝ as the rule sees it
+            asked = patches(scenes.mentioned(q))
+            objects = patches(q.scene.things)
             for index, value in enumerate(s):
                 group = ("question's objects" if index in asked else
                          "other objects" if index in objects else "background")
                 groups[group].append(value)
-    finally:
-        methods._REGISTRY.pop("_profile", None)
     return {k: statistics.fmean(v) if v else None for k, v in groups.items()}
 
 

@@ -212,7 +212,7 @@ def run(model, processor, *, image: Any = None, question: str = DEFAULT_QUESTION
     for number, method in enumerate(methods):
         order: List[Any] = []
         recording = _recording_selector(registry.get(method), method, order)
-        with _temporary_method(registry, recording) as name:
+        with registry.registered("_demo_recording", recording) as name:
             with attach(model, keep=keep, method=name, lam=lam, saliency=saliency) as handle:
                 pruned = prefill_seconds()
                 record = handle.last_prefill
@@ -276,21 +276,6 @@ def _recording_selector(selector, method: str, order: list):
         return np.sort(picks, axis=-1)  # what select returns: the same picks, sorted
 
     return recording
-
-
-class _temporary_method:
-    """Register a selector under a private name for the duration of a ``with`` block."""
-
-    def __init__(self, registry, selector) -> None:
-        self.registry, self.selector = registry, selector
-        self.name = "_demo_recording"
-
-    def __enter__(self) -> str:
-        self.registry.register(self.name, wrap=False)(self.selector)
-        return self.name
-
-    def __exit__(self, *exc) -> None:
-        self.registry._REGISTRY.pop(self.name, None)
 
 
 class _seeded:

@@ -271,17 +271,14 @@ class HFAnswerer:
         single = isinstance(question, str)
         images = [image] if single else list(image)
         questions = [question] if single else list(question)
-        processor = self.processor
-        prompts = [self._prompt(q) for q in questions]
-        padding = {} if single else {"padding": True}
-        tokenizer = getattr(processor, "tokenizer", None)
+        tokenizer = getattr(self.processor, "tokenizer", None)
         side = getattr(tokenizer, "padding_side", None)
-        if not single and side is not None:
+        if side is not None:
             tokenizer.padding_side = "left"  # generation continues every row at its end
         try:
-            inputs = processor(images=[_load_image(i) for i in images] if not single
-                               else _load_image(image), text=prompts if not single else prompts[0],
-                               return_tensors="pt", **padding)
+            inputs = self.processor(images=[_load_image(i) for i in images],
+                                    text=[self._prompt(q) for q in questions],
+                                    return_tensors="pt", padding=True)
         finally:
             if side is not None:
                 tokenizer.padding_side = side

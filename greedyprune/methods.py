@@ -26,7 +26,8 @@ Registered selectors:
 ``random``       a uniformly random subset, reproducible for a given ``seed`` (and N, k).
 ``uniform``      evenly strided: the middle token of each of k equal stretches of the sequence.
 
-Add one with :func:`register`; look one up with :func:`get`; list them with :func:`names`.
+Add one with :func:`register` (for a ``with`` block only: :func:`registered`); look one up with
+:func:`get`; list them with :func:`names`.
 torch is never imported here: a tensor is recognized only if torch was already imported.
 
 Threads: the NumPy matrix products here (``divprune``'s nearest neighbours, ``cdpruner``) run
@@ -111,6 +112,23 @@ def get(name: str) -> Selector:
         raise ValueError(
             f"unknown method {name!r}; known methods: {', '.join(names())}"
         ) from None
+
+
+@contextlib.contextmanager
+def registered(name: str, selector: Selector) -> Iterator[str]:
+    """Register ``selector`` (which honours the contract itself, as with ``wrap=False``) as
+    ``name`` inside the ``with`` block only, e.g. a recording wrapper for a demo or a
+    benchmark; whatever was registered under ``name`` before is back afterwards. Yields
+    ``name``."""
+    previous = _REGISTRY.get(name)
+    register(name, wrap=False)(selector)
+    try:
+        yield name
+    finally:
+        if previous is None:
+            _REGISTRY.pop(name, None)
+        else:
+            _REGISTRY[name] = previous
 
 
 def names() -> List[str]:

@@ -73,6 +73,12 @@ class Thing:
         return SIDES[self.size]
 
     @property
+    def patches(self) -> Tuple[int, ...]:
+        """Raster indices (row · 12 + column) of the cells it covers: its visual tokens."""
+        return tuple(r * GRID + c for r in range(self.row, self.row + self.cells)
+                     for c in range(self.col, self.col + self.cells))
+
+    @property
     def centre(self) -> Tuple[float, float]:
         """(row, col) of the centre, in cells."""
         return self.row + self.cells / 2, self.col + self.cells / 2

@@ -604,6 +604,27 @@ def unit_positions(inputs, record):
     return row[start:start + record.n_tokens]
 
 
+def assert_kept_is_select(model, embeds, inputs, record, k: int, lam: float, score=None) -> int:
+    """Assert that ``record`` kept exactly what ``greedyprune.select`` keeps of its image's
+    candidates (every placeholder but LLaVA-NeXT / OneVision newlines, which are never
+    candidates) on their merged embeddings, with saliency ``score(features, positions)`` (None:
+    no saliency). Returns the number of candidates."""
+    import greedyprune
+
+    positions = unit_positions(inputs, record)
+    features = embeds[record.row, positions]
+    newline = getattr(model.model, "image_newline", None)
+    candidates = (~(features == newline).all(-1) if newline is not None
+                  else torch.ones(len(features), dtype=torch.bool))
+    chosen = candidates.numpy()
+    saliency = None if score is None else score(features[candidates], positions[chosen])
+    picks = greedyprune.select(features[candidates].numpy(), k, saliency, lam)
+    expected = np.flatnonzero(chosen)[picks]
+    selected = record.kept[~np.isin(record.kept, np.flatnonzero(~chosen))]
+    assert selected.tolist() == expected.tolist(), record
+    return int(chosen.sum())
+
+
 def merged_inputs(arch: str, model, inputs):
     """On the unhooked model: the decoder's ``inputs_embeds`` after the visual features are
     merged, the position ids of the full sequence ((B, L), or (3, B, L) M-RoPE ids on Qwen) and

@@ -16,15 +16,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-import greedyprune  # noqa: E402
 from greedyprune.hf import attach, supported_models  # noqa: E402
 
 from hf_models import (BUILDERS, CLS_ARCHS, PROMPTS, QWEN_ARCHS,  # noqa: E402
                        QWEN_GENERATION_PROMPTS, WITH_ATTN,
-                       assert_close_on_valid, batch, decoder_kwargs, decoder_of,
-                       generate_batched_and_alone, hook_count, logits, merged_inputs,
-                       placeholders, prompt_modalities, reference_logits, tiny,
-                       unit_positions)
+                       assert_close_on_valid, assert_kept_is_select, batch, decoder_kwargs,
+                       decoder_of, generate_batched_and_alone, hook_count, logits,
+                       merged_inputs, placeholders, prompt_modalities, reference_logits, tiny)
 from hf_models import one_torch_thread  # noqa: E402,F401 (autouse: one torch thread here)
 
 ARCHS = list(BUILDERS)
@@ -171,7 +169,6 @@ def test_kept_set_equals_select_on_the_same_features_and_saliency(arch):
     embeds, _, _ = merged_inputs(arch, model, inputs)
     valid = inputs["attention_mask"].bool()
     visual = placeholders(inputs)
-    newline = getattr(model.model, "image_newline", None)   # LLaVA-NeXT, OneVision
     for saliency in ("text", "none"):
         lam = 0.3 if saliency == "text" else 0.0   # λ has no effect without saliency
         with attach(model, keep=3, lam=lam, saliency=saliency) as handle:
@@ -179,22 +176,17 @@ def test_kept_set_equals_select_on_the_same_features_and_saliency(arch):
         assert sorted(r.modality for r in handle.last) == prompt_modalities(PROMPTS[arch])
         for record in handle.last:
             b = record.row
-            features = embeds[b, unit_positions(inputs, record)]
-            if newline is not None:   # newlines are never candidates
-                candidates = ~(features == newline).all(-1)
-            else:
-                candidates = torch.ones(len(features), dtype=torch.bool)
-            features = features[candidates]
             score = None
-            if saliency == "text":
-                anchor = embeds[b, valid[b] & ~visual[b]].mean(0)
-                score = torch.nn.functional.cosine_similarity(features, anchor[None],
-                                                              dim=-1).numpy()
-            picks = greedyprune.select(features.numpy(), 3, score, lam)
-            kept_candidates = np.flatnonzero(candidates.numpy())[picks]
-            selected = record.kept[~np.isin(record.kept, np.flatnonzero(~candidates.numpy()))]
-            assert selected.tolist() == kept_candidates.tolist(), (saliency, record)
-            assert record.tokens_before == int(candidates.sum()) and record.tokens_after == 3
+            if saliency == "text":   # cosine with the mean embedding of the row's text
+                score = cosine_to(embeds[b, valid[b] & ~visual[b]].mean(0))
+            candidates = assert_kept_is_select(model, embeds, inputs, record, 3, lam, score)
+            assert record.tokens_before == candidates and record.tokens_after == 3
+
+
+def cosine_to(anchor):
+    """Saliency ``score(features, positions)``: each feature's cosine with ``anchor``."""
+    return lambda features, positions: torch.nn.functional.cosine_similarity(
+        features, anchor[None], dim=-1).numpy()
 
 
 # --- refusals and the table -----------------------------------------------------------------

@@ -3,18 +3,16 @@ attention maps. Checked against the model's own eager attention maps, and on eve
 architecture against greedyprune.select on that relevance."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-import greedyprune  # noqa: E402
 from greedyprune.hf import attach  # noqa: E402
 from greedyprune.hf._prune import query_relevance  # noqa: E402
 
-from hf_models import (BUILDERS, batch, decoder_of, logits, merged_inputs,  # noqa: E402
-                       placeholders, tiny, unit_positions)
+from hf_models import (BUILDERS, assert_kept_is_select, batch, decoder_of,  # noqa: E402
+                       logits, merged_inputs, placeholders, tiny)
 from hf_models import one_torch_thread  # noqa: E402,F401 (autouse: one torch thread here)
 
 
@@ -64,20 +62,13 @@ def test_kept_set_equals_select_on_the_query_relevance(arch):
     visual = placeholders(inputs)
     with torch.no_grad():
         relevance = query_relevance(decoder_of(model).layers[0], embeds, valid, visual)
-    newline = getattr(model.model, "image_newline", None)
     with attach(model, keep=3, lam=0.6, saliency="query") as handle:
         logits(model, inputs)
     assert handle.last
     for record in handle.last:
-        positions = unit_positions(inputs, record)
-        features = embeds[record.row, positions]
-        candidates = (~(features == newline).all(-1) if newline is not None
-                      else torch.ones(len(features), dtype=torch.bool))
-        score = relevance[record.row, torch.as_tensor(positions)][candidates].numpy()
-        picks = greedyprune.select(features[candidates].numpy(), 3, score, 0.6)
-        kept = np.flatnonzero(candidates.numpy())[picks]
-        selected = record.kept[~np.isin(record.kept, np.flatnonzero(~candidates.numpy()))]
-        assert selected.tolist() == kept.tolist(), record
+        assert_kept_is_select(model, embeds, inputs, record, 3, 0.6,
+                              lambda features, positions: relevance[
+                                  record.row, torch.as_tensor(positions)].numpy())
 
 
 def test_query_is_refused_without_a_usable_first_layer(monkeypatch):

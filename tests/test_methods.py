@@ -430,3 +430,21 @@ def test_blas_limit_is_reentrant_and_safe_across_threads(package_threads_differ_
     for result in results:
         np.testing.assert_array_equal(result, expected)
     assert blas_thread_counts() == before  # no limit leaked out of a thread
+
+
+def test_registered_lasts_for_the_with_block_and_restores_what_was_there():
+    def first(features, k, saliency=None, *, lam=0.5, seed=0):
+        return np.arange(k)
+
+    def last(features, k, saliency=None, *, lam=0.5, seed=0):
+        return np.arange(k)[::-1]
+
+    with methods.registered("_test_block", first) as name:
+        assert name == "_test_block" and methods.get(name) is first
+        with methods.registered(name, last):
+            assert methods.get(name) is last
+        assert methods.get(name) is first
+    assert "_test_block" not in methods.names()
+    with pytest.raises(RuntimeError), methods.registered("_test_block", first):
+        raise RuntimeError("the block fails")
+    assert "_test_block" not in methods.names()

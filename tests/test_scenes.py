@@ -97,6 +97,7 @@ def test_pixels_agree_with_patch_labels_and_background_is_textured():
         corner = thing.row * scenes.GRID + thing.col
         assert labels["part"][corner] == (1 if thing.size == "small" else 3)
         assert labels["colour"][corner] == 1 + list(scenes.COLOURS).index(thing.colour)
+    assert set(np.flatnonzero(labels["shape"])) == set().union(*(t.patches for t in q.scene.things))
     covered = sum(t.cells ** 2 for t in q.scene.things)
     assert (labels["shape"] > 0).sum() == covered and (labels["part"] > 0).sum() == covered
     background = pixels[labels["colour"].reshape(12, 12).repeat(16, 0).repeat(16, 1) == 0]
