@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SOURCES := $(wildcard csrc/*.c csrc/*.h greedyprune/*.c) setup.py pyproject.toml
 
-.PHONY: demo test ctest bench readme clean
+.PHONY: demo test ctest fuzz bench readme clean
 
 $(VENV)/.requirements: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(VENV)/.built ctest
 
 ctest:
 	bash tests/c/run.sh
+
+# fuzz/run.sh: the C and Python APIs under fuzzing, about 2 minutes (FUZZ_SECONDS=3600 for an hour).
+fuzz: $(VENV)/.built
+	PYTHON=$(PY) bash fuzz/run.sh
 
 bench: $(VENV)/.built
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench_select.py

@@ -191,10 +191,11 @@ def markdown(result) -> str:
     trained = ", ".join(f"{k} {_pct(v)}%" for k, v in train["by_category"].items())
     run = result["training"]
     lines = [
-        f"Training: `python training/train_scenes.py`, {run['steps']} steps of {run['batch']} "
-        f"generated questions ({run['questions']:,} in all) in "
-        f"{run['training_seconds'] / 60:.0f} min on {run['threads']} CPU threads "
-        f"({run['device']}), from the log in `training.json` beside the weights.",
+        f"Training: `python training/train_scenes.py`, {run['steps']:,} steps of {run['batch']} "
+        f"generated scenes with {run['questions'] // (run['steps'] * run['batch'])} questions "
+        f"about each ({run['questions']:,} questions in all), "
+        f"{run['training_seconds'] / 60:.0f} min on this machine's {run['device'].upper()}; "
+        f"from the log in `training.json` beside the weights.",
         "",
         f"Built-in model, {result['questions']} generated questions (seed {result['seed']}); "
         f"unpruned accuracy {_pct(base['accuracy'])}% ({per_type}). On {train['questions']} "

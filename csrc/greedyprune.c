@@ -21,22 +21,44 @@
  * at a time is gathered (and float16/bfloat16 converted) into a per-thread scratch row, so every
  * layout reaches the same arithmetic on the same values. Dot products use a fixed set of
  * independent accumulators rather than a compiler-reassociated reduction, so their rounding does
- * not depend on a row's alignment in memory: equal rows give bit-equal distances.
+ * not depend on a row's alignment in memory: equal rows give bit-equal distances. They sum blocks
+ * of GP_BLOCK elements in those accumulators and the blocks in double, so the error of a float32
+ * dot product is that of a GP_BLOCK-element sum whatever D is.
+ *
+ * Robustness: every size is computed with overflow checks; the caller's floating-point mode is
+ * replaced by the default one on every thread for the duration of a call; the thread team is
+ * capped at the CPUs available, and is not used inside the caller's parallel region or in a
+ * forked child (greedyprune.h, "Threads").
  */
+#if defined(__unix__) || defined(__APPLE__)
+#define _POSIX_C_SOURCE 200809L /* pthread_atfork under -std=c99 */
+#endif
 #include "greedyprune.h"
 
 #include <math.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(_OPENMP) && (defined(__unix__) || defined(__APPLE__))
+#include <pthread.h>
+#define GP_DETECT_FORK 1
+#endif
+#if defined(__SSE2__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2)
+#include <xmmintrin.h>
+#define GP_MXCSR 1
+#else
+#include <fenv.h>
+#endif
 
 /* Below this many elements a pass over one image stays on one thread: starting a team costs
  * microseconds on a quiet machine, and milliseconds when another job holds a core. */
 #define GP_PARALLEL_MIN_WORK ((int64_t)1 << 22)
-/* More threads than this for one image would only add scratch rows and idle threads. */
-#define GP_MAX_THREADS 1024
+/* gp_options.interrupt is called about once per this many elements read. */
+#define GP_POLL_WORK ((int64_t)1 << 24)
 /* Rows whose norm lies in this range have their sum of squares accumulated in the compute type
  * and take part in dot products as they are: no square or product can overflow or fall into
  * the subnormal range where it would lose precision. Other rows are measured after scaling by
@@ -45,9 +67,11 @@
 #define GP_NORM_MAX_F32 1e15
 #define GP_NORM_MIN_F64 1e-140
 #define GP_NORM_MAX_F64 1e140
-/* Independent accumulators in the dot products (a multiple of any SIMD width in use). */
+/* Independent accumulators in the dot products (a multiple of any SIMD width in use), and the
+ * elements they sum before their total is added to a double (a multiple of both lane counts). */
 #define GP_LANES_F32 32
 #define GP_LANES_F64 16
+#define GP_BLOCK 4096
 
 /* The hot loops get an AVX2 and an AVX-512 clone, chosen at load time (GCC on x86-64 Linux). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
@@ -55,12 +79,6 @@
 #define GP_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define GP_HOT
-#endif
-
-#ifdef _OPENMP
-#define GP_THREAD_ID() omp_get_thread_num()
-#else
-#define GP_THREAD_ID() 0
 #endif
 
 unsigned gp_version_number(void) { return GP_VERSION_NUMBER; }
@@ -73,6 +91,7 @@ const char *gp_strerror(gp_status status)
     case GP_ENONFINITE_FEATURES: return "features must be finite, but contains NaN or infinity";
     case GP_ENONFINITE_SALIENCY: return "saliency must be finite, but contains NaN or infinity";
     case GP_ENOMEM: return "out of memory";
+    case GP_EINTERRUPTED: return "interrupted at the caller's request";
     }
     return "unknown status";
 }
@@ -86,6 +105,44 @@ int gp_has_openmp(void)
 #endif
 }
 
+/* ---------------------------------------------------------------- threads */
+
+#ifdef GP_DETECT_FORK
+/* Set in a child process forked after the first call: libgomp's thread pool does not survive
+ * fork() (its threads are gone, and a team start would wait for them forever). */
+static volatile int g_forked_child = 0;
+static pthread_once_t g_fork_once = PTHREAD_ONCE_INIT;
+static void note_fork_in_child(void) { g_forked_child = 1; }
+static void watch_forks(void) { pthread_atfork(NULL, NULL, note_fork_in_child); }
+#endif
+
+/* How many threads one call may use: the CPUs available to the process, or 1 where a team must
+ * not be started (inside the caller's active parallel region, in a forked child). */
+static int available_threads(void)
+{
+#ifdef _OPENMP
+#ifdef GP_DETECT_FORK
+    pthread_once(&g_fork_once, watch_forks); /* before this process can have a thread pool */
+    if (g_forked_child) return 1;
+#endif
+    if (omp_in_parallel()) return 1;
+    {
+        int procs = omp_get_num_procs();
+        return procs > 1 ? procs : 1;
+    }
+#else
+    return 1;
+#endif
+}
+
+/* The team one call uses: what it asks for, at most what is available. */
+static int team_size(int num_threads)
+{
+    int available = available_threads();
+    int wanted = num_threads > 0 ? num_threads : gp_default_num_threads();
+    return wanted < available ? wanted : available;
+}
+
 int gp_default_num_threads(void)
 {
 #ifdef _OPENMP
@@ -93,6 +150,77 @@ int gp_default_num_threads(void)
 #else
     return 1;
 #endif
+}
+
+/* This thread's index in the team of the parallel region it runs (0 outside one). Only called
+ * inside regions this file opens: a call never opens one inside the caller's own. */
+static int team_thread(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* ---------------------------------------------------------------- floating-point mode */
+
+/* The caller's mode, saved while a call computes in the default one. */
+typedef struct fp_mode {
+#ifdef GP_MXCSR
+    unsigned int mxcsr;
+#else
+    fenv_t env;
+#endif
+} fp_mode;
+
+/* Save this thread's floating-point mode and switch to the default: round to nearest, subnormal
+ * numbers read and produced as they are, every exception masked. */
+static fp_mode enter_default_fp_mode(void)
+{
+    fp_mode saved;
+#ifdef GP_MXCSR
+    saved.mxcsr = _mm_getcsr();
+    _mm_setcsr(0x1f80u); /* MXCSR's power-on value: all masked, nearest, no FTZ/DAZ */
+#else
+    fegetenv(&saved.env);
+    fesetenv(FE_DFL_ENV);
+#endif
+    return saved;
+}
+
+static void restore_fp_mode(const fp_mode *saved)
+{
+#ifdef GP_MXCSR
+    _mm_setcsr(saved->mxcsr);
+#else
+    fesetenv(&saved->env);
+#endif
+}
+
+/* ---------------------------------------------------------------- sizes */
+
+/* *out = a * b * unit, when a, b >= 0 and the product fits in size_t and in ptrdiff_t. */
+static int checked_size(int64_t a, int64_t b, size_t unit, size_t *out)
+{
+    const uint64_t limit = (uint64_t)PTRDIFF_MAX < (uint64_t)SIZE_MAX ? (uint64_t)PTRDIFF_MAX
+                                                                      : (uint64_t)SIZE_MAX;
+    uint64_t p;
+    if (a < 0 || b < 0) return 0;
+    p = (uint64_t)a;
+    if (b != 0 && p > limit / (uint64_t)b) return 0;
+    p *= (uint64_t)b;
+    if (unit != 0 && p > limit / unit) return 0;
+    *out = (size_t)(p * unit);
+    return 1;
+}
+
+/* *total += add, when the sum fits in ptrdiff_t. */
+static int checked_add(size_t *total, size_t add)
+{
+    if (add > (size_t)PTRDIFF_MAX - *total) return 0;
+    *total += add;
+    return 1;
 }
 
 gp_view gp_contiguous(const void *data, gp_dtype dtype, int64_t batch, int64_t rows, int64_t cols)
@@ -103,9 +231,15 @@ gp_view gp_contiguous(const void *data, gp_dtype dtype, int64_t batch, int64_t r
     v.batch = batch;
     v.rows = rows;
     v.cols = cols;
-    v.batch_stride = rows * cols;
+    v.batch_stride = 0;
     v.row_stride = cols;
     v.col_stride = 1;
+    if (rows >= 1 && cols >= 1) { /* other shapes are refused by gp_greedy */
+        if (rows <= INT64_MAX / cols)
+            v.batch_stride = rows * cols;
+        else
+            v.cols = 0; /* no such array: refused by gp_greedy */
+    }
     return v;
 }
 
@@ -195,29 +329,37 @@ static const void *load_row(const gp_view *v, int64_t b, int64_t i, void *scratc
 
 /* ---------------------------------------------------------------- kernels */
 
+/* Within a block, each lane sums at most GP_BLOCK / lanes products; the blocks add up in double.
+ * For up to GP_BLOCK elements this is one pass of the lanes, as fast as an unblocked loop. */
 GP_HOT static double dot_f32(const float *a, const float *b, int64_t n)
 {
-    float acc[GP_LANES_F32] = {0};
     double sum = 0.0;
     int64_t i = 0;
     int l;
-    for (; i + GP_LANES_F32 <= n; i += GP_LANES_F32)
-        for (l = 0; l < GP_LANES_F32; l++) acc[l] += a[i + l] * b[i + l];
+    while (n - i >= GP_LANES_F32) {
+        float acc[GP_LANES_F32] = {0};
+        int64_t end = n - i > GP_BLOCK ? i + GP_BLOCK : n;
+        for (; i + GP_LANES_F32 <= end; i += GP_LANES_F32)
+            for (l = 0; l < GP_LANES_F32; l++) acc[l] += a[i + l] * b[i + l];
+        for (l = 0; l < GP_LANES_F32; l++) sum += acc[l];
+    }
     for (; i < n; i++) sum += (double)a[i] * b[i];
-    for (l = 0; l < GP_LANES_F32; l++) sum += acc[l];
     return sum;
 }
 
 GP_HOT static double dot_f64(const double *a, const double *b, int64_t n)
 {
-    double acc[GP_LANES_F64] = {0};
     double sum = 0.0;
     int64_t i = 0;
     int l;
-    for (; i + GP_LANES_F64 <= n; i += GP_LANES_F64)
-        for (l = 0; l < GP_LANES_F64; l++) acc[l] += a[i + l] * b[i + l];
+    while (n - i >= GP_LANES_F64) {
+        double acc[GP_LANES_F64] = {0};
+        int64_t end = n - i > GP_BLOCK ? i + GP_BLOCK : n;
+        for (; i + GP_LANES_F64 <= end; i += GP_LANES_F64)
+            for (l = 0; l < GP_LANES_F64; l++) acc[l] += a[i + l] * b[i + l];
+        for (l = 0; l < GP_LANES_F64; l++) sum += acc[l];
+    }
     for (; i < n; i++) sum += a[i] * b[i];
-    for (l = 0; l < GP_LANES_F64; l++) sum += acc[l];
     return sum;
 }
 
@@ -255,19 +397,71 @@ static double inverse_norm(const void *row, int64_t n, int f64, double *scale)
     return 1.0 / sqrt(sum);
 }
 
+/* ---------------------------------------------------------------- interrupts */
+
+/* One thread's view of gp_options.interrupt. */
+typedef struct poller {
+    gp_interrupt_fn interrupt;  /* NULL when the caller gave none */
+    void *context;
+    int caller;                 /* nonzero on the thread that made the call, the only one that
+                                   calls interrupt */
+    int *stopped;               /* shared by the call's threads: set once, never cleared */
+    int64_t work;               /* elements read since the last poll */
+} poller;
+
+static poller make_poller(const gp_options *options, int caller, int *stopped)
+{
+    poller p;
+    p.interrupt = options != NULL ? options->interrupt : NULL;
+    p.context = options != NULL ? options->interrupt_context : NULL;
+    p.caller = caller;
+    p.stopped = stopped;
+    p.work = 0;
+    return p;
+}
+
+static int stop_requested(const poller *p)
+{
+    int stopped;
+#ifdef _OPENMP
+#pragma omp atomic read
+#endif
+    stopped = *p->stopped;
+    return stopped;
+}
+
+/* Count `elements` read; about every GP_POLL_WORK of them, ask the caller (on its own thread)
+ * whether to stop. Returns nonzero once the call must stop. */
+static int should_stop(poller *p, int64_t elements)
+{
+    if (elements < GP_POLL_WORK - p->work) {
+        p->work += elements;
+        return 0;
+    }
+    p->work = 0;
+    if (p->caller && p->interrupt != NULL && p->interrupt(p->context)) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+        *p->stopped = 1;
+    }
+    return stop_requested(p);
+}
+
 /* ---------------------------------------------------------------- one image */
 
 typedef struct image_work {
     const gp_view *x;
     int64_t b, n, d;
-    double lam;
+    double lam, snap;                   /* snap: GP_COSINE_SNAP_* of the compute type */
     int f64, threads;
     double *shat, *m, *gain;            /* per candidate; gain is exact when seen == picks */
     double *scale, *inv_norm;           /* x̂_i = (x_i / scale_i) * inv_norm_i */
     int64_t *seen, *heap;               /* seen: how many picks (a prefix) m accounts for */
     int64_t heap_size;
     void *picked;                       /* unit rows of the picks so far, compute type */
-    void *scratch;                      /* one row of d doubles per thread */
+    void *scratch;                      /* one row of d doubles per thread of the team */
+    poller *poll;
 } image_work;
 
 static int ranks_before(const image_work *w, int64_t a, int64_t b)
@@ -297,10 +491,11 @@ static int64_t heap_pop(image_work *w)
     return top;
 }
 
-/* Images processed in parallel run with threads == 1 and own a single scratch row. */
-static void *thread_scratch(const image_work *w)
+/* The scratch row of thread `thread` of this image's team (0 outside a parallel region: the
+ * caller's own thread number inside its own region says nothing about this team). */
+static void *scratch_row(const image_work *w, int thread)
 {
-    return (double *)w->scratch + (w->threads > 1 ? (int64_t)GP_THREAD_ID() * w->d : 0);
+    return (double *)w->scratch + (int64_t)thread * w->d;
 }
 
 /* Write row i's unit vector (x / scale) * inv_norm, in the compute type, to `out` (which may be
@@ -318,9 +513,8 @@ static void unit_row(const image_work *w, const void *row, int64_t i, void *out)
 
 /* Row i ready for dot products with unit rows: *factor times its dot product with a unit row is
  * the cosine. Rows of ordinary magnitude are used in place; others as unit copies in scratch. */
-static const void *dot_ready_row(const image_work *w, int64_t i, double *factor)
+static const void *dot_ready_row(const image_work *w, int64_t i, void *scratch, double *factor)
 {
-    void *scratch = thread_scratch(w);
     const void *row = load_row(w->x, w->b, i, scratch);
     if (w->scale[i] == 1.0) {
         *factor = w->inv_norm[i];
@@ -331,11 +525,19 @@ static const void *dot_ready_row(const image_work *w, int64_t i, double *factor)
     return scratch;
 }
 
+/* d(i, pick t) from row i made dot-ready. A cosine within w->snap of +-1 is taken as +-1: rows
+ * pointing the same (or the opposite) way are at distance exactly 0 (or 1), whatever rounding
+ * did to their norms, so they tie exactly. */
 static double distance_to_pick(const image_work *w, const void *row, double factor, int64_t t)
 {
     double dot = w->f64 ? dot_f64((const double *)row, (const double *)w->picked + t * w->d, w->d)
                         : dot_f32((const float *)row, (const float *)w->picked + t * w->d, w->d);
-    return (1.0 - dot * factor) / 2.0;
+    double cosine = dot * factor;
+    if (cosine >= 1.0 - w->snap)
+        cosine = 1.0;
+    else if (cosine <= w->snap - 1.0)
+        cosine = -1.0;
+    return (1.0 - cosine) / 2.0;
 }
 
 static void lower_m(image_work *w, int64_t i, double dist)
@@ -348,32 +550,36 @@ static void lower_m(image_work *w, int64_t i, double dist)
 
 /* Compare candidate i with the picks it has not seen yet, oldest first, making its gain exact.
  * With rival >= 0, stop as soon as i ranks below rival: i's gain is then still an upper bound
- * (m is a minimum over a prefix of the picks), and i sinks without paying for the rest. */
-static void refresh(image_work *w, int64_t i, int64_t picks, int64_t rival)
+ * (m is a minimum over a prefix of the picks), and i sinks without paying for the rest.
+ * Returns how many distances it computed. */
+static int64_t refresh(image_work *w, int64_t i, int64_t picks, int64_t rival)
 {
     double factor;
-    const void *row = dot_ready_row(w, i, &factor);
-    int64_t t = w->seen[i];
+    const void *row = dot_ready_row(w, i, scratch_row(w, 0), &factor);
+    int64_t t = w->seen[i], first = t;
     while (t < picks) {
         lower_m(w, i, distance_to_pick(w, row, factor, t++));
         if (rival >= 0 && ranks_before(w, rival, i)) break;
     }
     w->seen[i] = t;
+    return t - first;
 }
 
 /* Refresh the stale top of the heap against its best rival (a child of the root) and let it sink.
- * This stays on one thread: each refresh is a few dot products, too little to share. */
-static void refresh_top(image_work *w, int64_t picks)
+ * This stays on one thread: each refresh is a few dot products, too little to share.
+ * Returns how many elements it read. */
+static int64_t refresh_top(image_work *w, int64_t picks)
 {
-    int64_t rival = w->heap_size > 1 ? w->heap[1] : -1;
+    int64_t rival = w->heap_size > 1 ? w->heap[1] : -1, distances;
     if (w->heap_size > 2 && ranks_before(w, w->heap[2], w->heap[1])) rival = w->heap[2];
-    refresh(w, w->heap[0], picks, rival);
+    distances = refresh(w, w->heap[0], picks, rival);
     sift_down(w, 0);
+    return (distances + 1) * w->d;
 }
 
 static void store_pick(image_work *w, int64_t j, int64_t t)
 {
-    const void *row = load_row(w->x, w->b, j, thread_scratch(w));
+    const void *row = load_row(w->x, w->b, j, scratch_row(w, 0));
     unit_row(w, row, j, (char *)w->picked + (size_t)(t * w->d) * (w->f64 ? sizeof(double) : sizeof(float)));
 }
 
@@ -405,41 +611,66 @@ static gp_status normalize_saliency(image_work *w, const gp_view *s)
     return GP_OK;
 }
 
+/* Row i's inverse norm, and, when `with_first_pick`, its distance to pick 0. Returns nonzero when
+ * the row holds NaN or infinity. */
+static int measure_row(image_work *w, int64_t i, int with_first_pick, void *scratch)
+{
+    const void *row = load_row(w->x, w->b, i, scratch);
+    double factor;
+    w->inv_norm[i] = inverse_norm(row, w->d, w->f64, &w->scale[i]);
+    if (isnan(w->inv_norm[i])) return 1;
+    if (with_first_pick) {
+        factor = w->inv_norm[i];
+        if (w->scale[i] != 1.0) {
+            unit_row(w, row, i, scratch);
+            row = scratch;
+            factor = 1.0;
+        }
+        lower_m(w, i, distance_to_pick(w, row, factor, 0));
+        w->seen[i] = 1;
+    }
+    return 0;
+}
+
 /* One pass over every row: its inverse norm, the check that every feature is finite and, when
- * `with_first_pick`, its distance to pick 0, so that every candidate starts step 1 fresh. */
+ * `with_first_pick`, its distance to pick 0, so that every candidate starts step 1 fresh. It goes
+ * in slices of about GP_POLL_WORK elements, polling for an interrupt between them. */
 static gp_status first_pass(image_work *w, int with_first_pick)
 {
-    int64_t i;
+    int64_t slice = w->d >= GP_POLL_WORK ? 1 : GP_POLL_WORK / w->d, lo, i;
     int bad = 0;
+    for (lo = 0; lo < w->n && !bad; lo += slice) {
+        int64_t hi = w->n - lo > slice ? lo + slice : w->n;
+        if (w->threads > 1) {
 #ifdef _OPENMP
-#pragma omp parallel for if (w->threads > 1) num_threads(w->threads) schedule(static) \
-    reduction(| : bad)
+#pragma omp parallel num_threads(w->threads) reduction(| : bad)
 #endif
-    for (i = 0; i < w->n; i++) {
-        void *scratch = thread_scratch(w);
-        const void *row = load_row(w->x, w->b, i, scratch);
-        double factor;
-        w->inv_norm[i] = inverse_norm(row, w->d, w->f64, &w->scale[i]);
-        if (isnan(w->inv_norm[i])) {
-            bad = 1;
-            continue;
-        }
-        if (with_first_pick) {
-            factor = w->inv_norm[i];
-            if (w->scale[i] != 1.0) {
-                unit_row(w, row, i, scratch);
-                row = scratch;
-                factor = 1.0;
+            {
+                fp_mode saved = enter_default_fp_mode();
+                void *scratch = scratch_row(w, team_thread());
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+                for (i = lo; i < hi; i++) bad |= measure_row(w, i, with_first_pick, scratch);
+                restore_fp_mode(&saved);
             }
-            lower_m(w, i, distance_to_pick(w, row, factor, 0));
-            w->seen[i] = 1;
+        } else {
+            for (i = lo; i < hi; i++) bad |= measure_row(w, i, with_first_pick, scratch_row(w, 0));
         }
+        if (should_stop(w->poll, (hi - lo) * w->d)) return GP_EINTERRUPTED;
     }
     return bad ? GP_ENONFINITE_FEATURES : GP_OK;
 }
 
+/* 1 when an image of n x d elements is too small to share between threads. */
+static int small_work(int64_t n, int64_t d)
+{
+    return d < GP_PARALLEL_MIN_WORK && n < (GP_PARALLEL_MIN_WORK - 1) / d + 1;
+}
+
 static gp_status greedy_image(const gp_view *x, const gp_view *s, int64_t b, int64_t k,
-                              double lam, int threads, int64_t *order, double *gains)
+                              double lam, int threads, poller *poll, int64_t *order,
+                              double *gains)
 {
     image_work w;
     gp_status status = GP_OK;
@@ -448,9 +679,10 @@ static gp_status greedy_image(const gp_view *x, const gp_view *s, int64_t b, int
     size_t elem = x->dtype == GP_FLOAT64 ? sizeof(double) : sizeof(float);
     void *block = NULL;
     char *p;
-    size_t per_candidate = 5 * sizeof(double) + 2 * sizeof(int64_t), bytes;
+    size_t per_candidate = 5 * sizeof(double) + 2 * sizeof(int64_t), bytes, part;
 
     if (n < 1 || k < 1 || k > n) return GP_EINVAL; /* checked by the caller; tells the compiler */
+    if (stop_requested(poll)) return GP_EINTERRUPTED;
     memset(&w, 0, sizeof w);
     w.x = x;
     w.b = b;
@@ -458,12 +690,16 @@ static gp_status greedy_image(const gp_view *x, const gp_view *s, int64_t b, int
     w.d = d;
     w.lam = lam;
     w.f64 = x->dtype == GP_FLOAT64;
-    w.threads = (threads > 1 && n * d >= GP_PARALLEL_MIN_WORK) ? threads : 1;
+    w.snap = w.f64 ? GP_COSINE_SNAP_F64 : GP_COSINE_SNAP_F32;
+    w.threads = (threads > 1 && !small_work(n, d)) ? threads : 1;
+    w.poll = poll;
 
-    /* One allocation for everything. n * d elements exist in memory, so n, d and k * d are far
-     * from overflowing; the thread count is capped so that it cannot either. */
-    bytes = (size_t)n * per_candidate +
-            (size_t)k * (size_t)d * elem + (size_t)w.threads * (size_t)d * sizeof(double);
+    /* One allocation for everything. A view with zero strides can have more rows, or longer
+     * ones, than memory holds, so every size is checked. */
+    if (!checked_size(n, 1, per_candidate, &bytes) || !checked_size(k, d, elem, &part) ||
+        !checked_add(&bytes, part) || !checked_size(w.threads, d, sizeof(double), &part) ||
+        !checked_add(&bytes, part))
+        return GP_ENOMEM;
     block = malloc(bytes);
     if (block == NULL) return GP_ENOMEM;
     p = (char *)block;
@@ -495,7 +731,7 @@ static gp_status greedy_image(const gp_view *x, const gp_view *s, int64_t b, int
     if (gains != NULL) gains[0] = w.gain[first];
     diverse = lam < 1.0 && k > 1;
     if (diverse) {
-        const void *row = load_row(x, b, first, thread_scratch(&w));
+        const void *row = load_row(x, b, first, scratch_row(&w, 0));
         w.inv_norm[first] = inverse_norm(row, d, w.f64, &w.scale[first]);
         if (isnan(w.inv_norm[first])) {
             status = GP_ENONFINITE_FEATURES;
@@ -511,11 +747,19 @@ static gp_status greedy_image(const gp_view *x, const gp_view *s, int64_t b, int
     for (step = 1; step < k; step++) {
         int64_t pick;
         /* With lam == 1 the diversity term has weight 0: every gain is already exact. */
-        while (lam < 1.0 && w.seen[w.heap[0]] < step) refresh_top(&w, step);
+        while (lam < 1.0 && w.seen[w.heap[0]] < step)
+            if (should_stop(poll, refresh_top(&w, step))) {
+                status = GP_EINTERRUPTED;
+                goto done;
+            }
         pick = heap_pop(&w);
         order[step] = pick;
         if (gains != NULL) gains[step] = w.gain[pick];
         if (lam < 1.0 && step + 1 < k) store_pick(&w, pick, step);
+        if (should_stop(poll, d)) {
+            status = GP_EINTERRUPTED;
+            goto done;
+        }
     }
 
 done:
@@ -525,42 +769,69 @@ done:
 
 /* ---------------------------------------------------------------- public entry points */
 
+static size_t element_size(gp_dtype dtype)
+{
+    return dtype == GP_FLOAT64 ? 8 : dtype == GP_FLOAT32 ? 4 : 2;
+}
+
+/* 1 if every element of the view lies within PTRDIFF_MAX bytes of data (then no offset
+ * computation overflows). @pre the shape is valid. */
+static int addressable(const gp_view *v)
+{
+    const int64_t length[3] = {v->batch, v->rows, v->cols};
+    const int64_t stride[3] = {v->batch_stride, v->row_stride, v->col_stride};
+    uint64_t reach = 0, limit = (uint64_t)PTRDIFF_MAX / element_size(v->dtype);
+    int a;
+    if (v->batch == 0) return 1;
+    for (a = 0; a < 3; a++) {
+        uint64_t steps = (uint64_t)(length[a] - 1);
+        uint64_t size = stride[a] < 0 ? 0 - (uint64_t)stride[a] : (uint64_t)stride[a];
+        if (size != 0 && steps > (limit - reach) / size) return 0;
+        reach += steps * size;
+    }
+    return 1;
+}
+
 static gp_status check_args(const gp_view *x, const gp_view *s, int64_t k, double lam,
                             const int64_t *out)
 {
+    size_t out_bytes;
     if (x == NULL || out == NULL || !valid_dtype(x->dtype)) return GP_EINVAL;
     if (x->batch < 0 || x->rows < 1 || x->cols < 1) return GP_EINVAL;
     if (x->batch > 0 && x->data == NULL) return GP_EINVAL;
     if (k < 1 || k > x->rows) return GP_EINVAL;
     if (!(lam >= 0.0 && lam <= 1.0)) return GP_EINVAL; /* also refuses NaN */
+    if (!addressable(x) || !checked_size(x->batch, k, sizeof(int64_t), &out_bytes))
+        return GP_EINVAL;
     if (s != NULL) {
         if (!valid_dtype(s->dtype) || s->batch != x->batch || s->rows != x->rows || s->cols != 1)
             return GP_EINVAL;
         if (s->batch > 0 && s->data == NULL) return GP_EINVAL;
+        if (!addressable(s)) return GP_EINVAL;
     }
     return GP_OK;
 }
 
-gp_status gp_greedy(const gp_view *features, const gp_view *saliency, int64_t k, double lam,
-                    int num_threads, int64_t *order, double *gains)
+/* Images in parallel, one thread each; thread 0 of the team is the caller's. The first failure
+ * in image order is reported, an interrupt before any. */
+static gp_status greedy_images_in_parallel(const gp_view *x, const gp_view *s, int64_t k,
+                                           double lam, int threads, const gp_options *options,
+                                           int *stopped, int64_t *order, double *gains)
 {
-    int64_t batch, b;
-    int threads;
-    gp_status status = check_args(features, saliency, k, lam, order);
-    if (status != GP_OK) return status;
-    batch = features->batch;
-    threads = num_threads > 0 ? num_threads : gp_default_num_threads();
-    if (threads > GP_MAX_THREADS) threads = GP_MAX_THREADS;
-    if (batch > 1 && threads > 1) {
-        /* Images in parallel, one thread each; the first failure in image order is reported. */
-        int64_t first_bad = batch;
-        gp_status bad_status = GP_OK;
-        int outer = (int64_t)threads < batch ? threads : (int)batch;
+    int64_t first_bad = x->batch, b;
+    gp_status bad_status = GP_OK;
+    int outer = (int64_t)threads < x->batch ? threads : (int)x->batch;
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(outer) schedule(dynamic, 1)
+#pragma omp parallel num_threads(outer)
 #endif
-        for (b = 0; b < batch; b++) {
-            gp_status st = greedy_image(features, saliency, b, k, lam, 1, order + b * k,
+    {
+        fp_mode saved = enter_default_fp_mode();
+        poller poll = make_poller(options, team_thread() == 0, stopped);
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (b = 0; b < x->batch; b++) {
+            gp_status st = greedy_image(x, s, b, k, lam, 1, &poll, order + b * k,
                                         gains ? gains + b * k : NULL);
             if (st != GP_OK) {
 #ifdef _OPENMP
@@ -572,15 +843,42 @@ gp_status gp_greedy(const gp_view *features, const gp_view *saliency, int64_t k,
                 }
             }
         }
-        (void)outer;
-        return bad_status;
+        restore_fp_mode(&saved);
     }
-    for (b = 0; b < batch; b++) {
-        status = greedy_image(features, saliency, b, k, lam, threads, order + b * k,
-                              gains ? gains + b * k : NULL);
-        if (status != GP_OK) return status;
+    (void)outer;
+    return *stopped ? GP_EINTERRUPTED : bad_status;
+}
+
+gp_status gp_greedy_with(const gp_view *features, const gp_view *saliency, int64_t k, double lam,
+                         const gp_options *options, int64_t *order, double *gains)
+{
+    int64_t b;
+    int threads, stopped = 0;
+    fp_mode saved;
+    gp_status status = check_args(features, saliency, k, lam, order);
+    if (status != GP_OK) return status;
+    threads = team_size(options != NULL ? options->num_threads : 0);
+    saved = enter_default_fp_mode();
+    if (features->batch > 1 && threads > 1) {
+        status = greedy_images_in_parallel(features, saliency, k, lam, threads, options,
+                                           &stopped, order, gains);
+    } else {
+        poller poll = make_poller(options, 1, &stopped);
+        for (b = 0; b < features->batch && status == GP_OK; b++)
+            status = greedy_image(features, saliency, b, k, lam, threads, &poll, order + b * k,
+                                  gains ? gains + b * k : NULL);
     }
-    return GP_OK;
+    restore_fp_mode(&saved);
+    return status;
+}
+
+gp_status gp_greedy(const gp_view *features, const gp_view *saliency, int64_t k, double lam,
+                    int num_threads, int64_t *order, double *gains)
+{
+    gp_options options;
+    memset(&options, 0, sizeof options);
+    options.num_threads = num_threads;
+    return gp_greedy_with(features, saliency, k, lam, &options, order, gains);
 }
 
 static int compare_int64(const void *a, const void *b)
@@ -589,13 +887,22 @@ static int compare_int64(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-gp_status gp_select(const gp_view *features, const gp_view *saliency, int64_t k, double lam,
-                    int num_threads, int64_t *indices)
+gp_status gp_select_with(const gp_view *features, const gp_view *saliency, int64_t k, double lam,
+                         const gp_options *options, int64_t *indices)
 {
     int64_t b;
-    gp_status status = gp_greedy(features, saliency, k, lam, num_threads, indices, NULL);
+    gp_status status = gp_greedy_with(features, saliency, k, lam, options, indices, NULL);
     if (status != GP_OK) return status;
     for (b = 0; b < features->batch; b++)
         qsort(indices + b * k, (size_t)k, sizeof(int64_t), compare_int64);
     return GP_OK;
+}
+
+gp_status gp_select(const gp_view *features, const gp_view *saliency, int64_t k, double lam,
+                    int num_threads, int64_t *indices)
+{
+    gp_options options;
+    memset(&options, 0, sizeof options);
+    options.num_threads = num_threads;
+    return gp_select_with(features, saliency, k, lam, &options, indices);
 }

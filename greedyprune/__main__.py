@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="folder for summary.md, summary.csv, answers.csv, plot.png")
     ev.add_argument("--limit", type=_positive, help="use only the first N records")
     ev.add_argument("--max-new-tokens", type=_positive, default=16)
-    ev.add_argument("--lam", type=float, default=0.5, help="λ for greedyprune (default 0.5)")
+    ev.add_argument("--lam", type=float, default=None,
+                    help="λ for greedyprune (default: attach's, 0: diversity only)")
     ev.add_argument("--saliency", default="text", choices=["text", "cls", "query", "none"],
                     help="saliency for greedyprune and topk (default text)")
     ev.add_argument("--device", help="default: cuda if available")
@@ -164,7 +165,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from . import evaluate
     from .demo import load_local
 
-    if not 0.0 <= args.lam <= 1.0:
+    if args.lam is not None and not 0.0 <= args.lam <= 1.0:
         parser.error(f"--lam: must be in [0, 1], got {args.lam}")
     if args.data is not None:
         try:

@@ -39,12 +39,15 @@ _num_threads_lock = threading.Lock()
 
 
 def get_num_threads() -> int:
-    """Threads :func:`select` uses when ``num_threads`` is not given."""
+    """Threads :func:`select` uses when ``num_threads`` is not given (at most the CPUs available
+    to the process: a larger setting is capped there when a call runs)."""
     return _num_threads
 
 
 def set_num_threads(num_threads: int) -> int:
-    """Set the package-wide thread count for :func:`select`; return the previous value."""
+    """Set the package-wide thread count for :func:`select`; return the previous value.
+
+    Any positive integer is accepted; calls use at most the CPUs available to the process."""
     global _num_threads
     num_threads = _validate.check_num_threads(num_threads, allow_none=False)
     with _num_threads_lock:
@@ -58,7 +61,8 @@ def select(features, k, saliency=None, lam=0.5, *, num_threads=None):
     Parameters
     ----------
     features : array_like or torch.Tensor, shape (N, D) or (B, N, D)
-        One row per visual token; float16, bfloat16 (tensors), float32 or float64.
+        One row per visual token; float16, bfloat16 (tensors), float32 or float64. Tensors
+        must be dense and hold values (sparse, nested and meta tensors are refused).
     k : int
         Tokens to keep per image, ``1 <= k <= N``.
     saliency : array_like or torch.Tensor, shape (N,) or (B, N), optional
@@ -67,8 +71,9 @@ def select(features, k, saliency=None, lam=0.5, *, num_threads=None):
         Weight of saliency against diversity, in [0, 1]. 1 is top-k by saliency, 0 is
         farthest-point sampling from token 0.
     num_threads : int, optional
-        Threads for the C core; defaults to :func:`get_num_threads`. The answer never depends
-        on it.
+        Threads for the C core, at least 1 (at most the CPUs available to the process are used,
+        whatever the value); defaults to :func:`get_num_threads`. The answer never depends on
+        it.
 
     Returns
     -------
@@ -91,9 +96,15 @@ def _is_tensor(obj) -> bool:
 
 def _as_array(obj, argument) -> np.ndarray:
     array = _validate.as_array(obj, argument)
-    if array.dtype.kind == "f" and not (array.flags.aligned and array.dtype.isnative):
-        array = array.astype(array.dtype.newbyteorder("="))  # aligned, native-order copy
-    return array
+    return _aligned(array) if array.dtype.kind == "f" else array
+
+
+def _aligned(array: np.ndarray) -> np.ndarray:
+    """``array``, or an aligned, native-order copy where the C core could not read it as it is
+    (unaligned memory, such as a buffer read at an odd offset; the other byte order)."""
+    if array.flags.aligned and array.dtype.isnative:
+        return array
+    return array.astype(array.dtype.newbyteorder("="))
 
 
 def _run(features, k, saliency, lam, num_threads, sort):
@@ -103,7 +114,7 @@ def _run(features, k, saliency, lam, num_threads, sort):
     s = None
     if saliency is not None:
         if _is_tensor(saliency):  # NumPy has no bfloat16: widen it (exactly) to float32
-            saliency = saliency.detach().cpu()
+            saliency = _validate.readable_tensor(saliency, "saliency").cpu()
             bfloat16 = sys.modules["torch"].bfloat16
             saliency = (saliency.float() if saliency.dtype == bfloat16 else saliency).numpy()
         s = _as_array(saliency, "saliency")
@@ -111,33 +122,39 @@ def _run(features, k, saliency, lam, num_threads, sort):
         x.shape, x.dtype, k, lam, num_threads,
         None if s is None else s.shape, None if s is None else s.dtype,
     )
-    if s is not None and not np.isfinite(s).all():
+    if s is not None and not np.isfinite(_validate.stored(s)).all():
         raise _validate.nonfinite_error("saliency")
     return _core.greedy(x, s, k, lam, num_threads or _num_threads, sort)
 
 
 def _tensor_as_array(tensor) -> np.ndarray:
-    """A NumPy view of a CPU tensor's memory (bfloat16 viewed as its uint16 bit patterns)."""
+    """A NumPy view of a CPU tensor's memory (bfloat16 viewed as its uint16 bit patterns), or an
+    aligned copy of it."""
     import torch
 
     if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(np.uint16)
-    return tensor.numpy()
+        return _aligned(tensor.view(torch.int16).numpy().view(np.uint16))
+    return _aligned(tensor.numpy())
 
 
 def _run_tensor(features, k, saliency, lam, num_threads, sort):
     import torch
 
-    x = features.detach()
+    x = _validate.readable_tensor(features, "features")
     s = None
     if saliency is not None:
-        s = saliency.detach() if _is_tensor(saliency) else torch.as_tensor(_validate.as_array(saliency, "saliency"))
+        if _is_tensor(saliency):
+            s = _validate.readable_tensor(saliency, "saliency")
+        else:
+            with warnings.catch_warnings():  # a read-only array (a broadcast view): only read
+                warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+                s = torch.as_tensor(_validate.as_array(saliency, "saliency"))
         s = s.to(x.device)
     k, lam, num_threads = _validate.check_call(
         x.shape, x.dtype, k, lam, num_threads,
         None if s is None else s.shape, None if s is None else s.dtype,
     )
-    if s is not None and not bool(torch.isfinite(s).all()):
+    if s is not None and not bool(torch.isfinite(_validate.stored(s)).all()):
         raise _validate.nonfinite_error("saliency")
     if x.device.type != "cpu":
         from . import _torch

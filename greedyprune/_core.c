@@ -4,12 +4,18 @@
  * Private: greedyprune/_api.py validates every argument (SPEC.md §4) and hands over aligned,
  * native-byte-order NumPy arrays of a supported dtype, so this file only maps arrays to gp_view
  * descriptions, releases the GIL around the C core, and turns a gp_status into an exception.
+ * On the main thread it lets Python's signal handlers run every few milliseconds of the call,
+ * so that Ctrl-C raises KeyboardInterrupt promptly.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <limits.h>
 #include <numpy/arrayobject.h>
 
 #include "greedyprune.h"
+
+/* "threading", interned at import: the module that knows which thread is the main one. */
+static PyObject *threading_name = NULL;
 
 /* Describe `array` (ndim 2 or 3 for features, 1 or 2 for saliency) as a gp_view. A uint16 array
  * is read as bfloat16 (PyTorch's bfloat16 tensors arrive viewed as uint16). */
@@ -55,6 +61,64 @@ static PyObject *raise_status(gp_status status)
     return NULL;
 }
 
+/* A thread count as a C int: beyond INT_MAX it is INT_MAX (the C core caps the team at the CPUs
+ * available anyway), below INT_MIN it is INT_MIN. */
+static int as_thread_count(PyObject *obj, int *out)
+{
+    int overflow;
+    long long value;
+    PyObject *index = PyNumber_Index(obj);
+    if (index == NULL) return -1;
+    value = PyLong_AsLongLongAndOverflow(index, &overflow);
+    Py_DECREF(index);
+    if (value == -1 && PyErr_Occurred()) return -1;
+    if (overflow > 0 || value > INT_MAX)
+        *out = INT_MAX;
+    else if (overflow < 0 || value < INT_MIN)
+        *out = INT_MIN;
+    else
+        *out = (int)value;
+    return 0;
+}
+
+/* 1 if this is Python's main thread, the only one that runs signal handlers (and 1 when that
+ * cannot be told: checking costs a moment, skipping a Ctrl-C would not be prompt). */
+static int on_main_thread(void)
+{
+    PyObject *threading = PyImport_GetModule(threading_name), *main = NULL, *ident = NULL;
+    int result = 1;
+    if (threading != NULL) main = PyObject_CallMethod(threading, "main_thread", NULL);
+    if (main != NULL) ident = PyObject_GetAttrString(main, "ident");
+    if (ident != NULL) {
+        unsigned long main_ident = PyLong_AsUnsignedLong(ident);
+        if (!(main_ident == (unsigned long)-1 && PyErr_Occurred()))
+            result = main_ident == PyThread_get_thread_ident();
+    }
+    PyErr_Clear();
+    Py_XDECREF(ident);
+    Py_XDECREF(main);
+    Py_XDECREF(threading);
+    return result;
+}
+
+/* The calling thread's state while the C core runs without the GIL. */
+typedef struct released_gil {
+    PyThreadState *thread_state;
+} released_gil;
+
+/* gp_options.interrupt: take the GIL back for a moment and run Python's signal handlers. The C
+ * core calls it only from the thread that released the GIL. Nonzero when a handler raised (the
+ * exception, KeyboardInterrupt for Ctrl-C, stays set for the caller to return). */
+static int check_signals(void *context)
+{
+    released_gil *released = (released_gil *)context;
+    int raised;
+    PyEval_RestoreThread(released->thread_state);
+    raised = PyErr_CheckSignals() < 0;
+    released->thread_state = PyEval_SaveThread();
+    return raised;
+}
+
 PyDoc_STRVAR(greedy_doc,
              "greedy(features, saliency, k, lam, num_threads, sort) -> (indices, gains or None)\n\n"
              "Private: call greedyprune.select / greedyprune.greedy, which validate arguments.");
@@ -62,19 +126,23 @@ PyDoc_STRVAR(greedy_doc,
 static PyObject *core_greedy(PyObject *self, PyObject *args)
 {
     PyArrayObject *features = NULL, *saliency = NULL, *indices = NULL, *gains = NULL;
-    PyObject *saliency_obj;
+    PyObject *saliency_obj, *num_threads_obj;
     Py_ssize_t k;
     double lam;
-    int num_threads, sort;
+    int sort;
     gp_view x, s;
+    gp_options options;
+    released_gil released;
     gp_status status;
     npy_intp out_shape[2];
     int out_ndim;
     (void)self;
 
-    if (!PyArg_ParseTuple(args, "O!Ondip", &PyArray_Type, &features, &saliency_obj, &k, &lam,
-                          &num_threads, &sort))
+    memset(&options, 0, sizeof options);
+    if (!PyArg_ParseTuple(args, "O!OndOp", &PyArray_Type, &features, &saliency_obj, &k, &lam,
+                          &num_threads_obj, &sort))
         return NULL;
+    if (as_thread_count(num_threads_obj, &options.num_threads) < 0) return NULL;
     if (view_of(features, 0, &x, "features") < 0) return NULL;
     if (saliency_obj != Py_None) {
         if (!PyArray_Check(saliency_obj)) {
@@ -95,17 +163,21 @@ static PyObject *core_greedy(PyObject *self, PyObject *args)
         if (gains == NULL) goto error;
     }
 
-    Py_BEGIN_ALLOW_THREADS
+    if (on_main_thread()) {
+        options.interrupt = check_signals;
+        options.interrupt_context = &released;
+    }
+    released.thread_state = PyEval_SaveThread();
     if (sort)
-        status = gp_select(&x, saliency ? &s : NULL, (int64_t)k, lam, num_threads,
-                           (int64_t *)PyArray_DATA(indices));
+        status = gp_select_with(&x, saliency ? &s : NULL, (int64_t)k, lam, &options,
+                                (int64_t *)PyArray_DATA(indices));
     else
-        status = gp_greedy(&x, saliency ? &s : NULL, (int64_t)k, lam, num_threads,
-                           (int64_t *)PyArray_DATA(indices), (double *)PyArray_DATA(gains));
-    Py_END_ALLOW_THREADS
+        status = gp_greedy_with(&x, saliency ? &s : NULL, (int64_t)k, lam, &options,
+                                (int64_t *)PyArray_DATA(indices), (double *)PyArray_DATA(gains));
+    PyEval_RestoreThread(released.thread_state);
 
     if (status != GP_OK) {
-        raise_status(status);
+        if (!(status == GP_EINTERRUPTED && PyErr_Occurred())) raise_status(status);
         goto error;
     }
     if (gains == NULL) return Py_BuildValue("NO", (PyObject *)indices, Py_None);
@@ -127,7 +199,8 @@ static PyObject *core_default_num_threads(PyObject *self, PyObject *unused)
 static PyMethodDef core_methods[] = {
     {"greedy", core_greedy, METH_VARARGS, greedy_doc},
     {"default_num_threads", core_default_num_threads, METH_NOARGS,
-     "Threads the C core uses for num_threads <= 0 (OpenMP's default, 1 without OpenMP)."},
+     "Threads the C core is asked for by num_threads <= 0: OpenMP's default (1 without OpenMP);\n"
+     "a call uses at most the CPUs available to the process."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef core_module = {PyModuleDef_HEAD_INIT, "greedyprune._core",
@@ -137,6 +210,8 @@ PyMODINIT_FUNC PyInit__core(void)
 {
     PyObject *module;
     import_array();
+    threading_name = PyUnicode_InternFromString("threading");
+    if (threading_name == NULL) return NULL;
     module = PyModule_Create(&core_module);
     if (module == NULL) return NULL;
     if (PyModule_AddIntConstant(module, "HAS_OPENMP", gp_has_openmp()) < 0 ||

@@ -6,9 +6,9 @@ the same exception with the same message for the same bad input.
 """
 from __future__ import annotations
 
-import math
 import numbers
 import operator
+import reprlib
 
 import numpy as np
 
@@ -22,6 +22,35 @@ def as_array(obj, argument: str) -> np.ndarray:
         return np.asarray(obj)
     except (ValueError, TypeError) as error:
         raise TypeError(f"{argument} must be an array-like of real numbers ({error})") from None
+
+
+def readable_tensor(tensor, argument: str):
+    """A torch tensor's values in a form every code path reads: detached, a lazy negation
+    (``torch._neg_view``, the imaginary part of a conjugate) applied, an all-zero placeholder
+    (ZeroTensor) made real. Nested and sparse tensors, and tensors on the meta device (which
+    hold no values), are refused by name."""
+    import torch  # a tensor reached us: torch is imported already
+
+    if tensor.is_nested:
+        raise TypeError(f"{argument} must be a regular tensor, got a nested tensor: pad its "
+                        f"tensors to one shape (B, N, D), or select each one on its own")
+    if tensor.layout != torch.strided:
+        raise TypeError(f"{argument} must be a dense tensor, got layout {tensor.layout}: "
+                        f"call .to_dense() first")
+    if tensor.is_meta:
+        raise ValueError(f"{argument} is a tensor on the meta device, which holds no values")
+    tensor = tensor.detach()
+    if tensor._is_zerotensor():
+        tensor = tensor.new_zeros(tensor.shape)
+    return tensor.resolve_neg()
+
+
+def stored(values):
+    """An array or tensor with the same set of values as ``values``, each stored element once
+    along the axes a broadcast repeats (stride 0): checking a broadcast view of 2**40 rows
+    reads one row, not 2**40."""
+    strides = values.stride() if callable(getattr(values, "stride", None)) else values.strides
+    return values[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in strides)]
 
 
 def dtype_name(dtype) -> str:
@@ -81,14 +110,25 @@ def check_lam(lam) -> float:
     """λ is a real number in [0, 1] (NaN refused)."""
     if isinstance(lam, bool) or not isinstance(lam, numbers.Real):
         raise TypeError(f"lam must be a real number in [0, 1], got {type(lam).__name__}")
-    lam = float(lam)
-    if math.isnan(lam) or not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lam must be in [0, 1], got {lam}")
-    return lam
+    # Compared before any conversion: exact for integers and fractions beyond float's range,
+    # and false for NaN.
+    if not 0 <= lam <= 1:
+        raise ValueError(f"lam must be in [0, 1], got {number_text(lam)}")
+    return float(lam)
+
+
+def number_text(value) -> str:
+    """``value`` for a message: as a float where it fits one (``2.0``, ``nan``), else shortened
+    (an integer of hundreds of digits)."""
+    try:
+        return str(float(value))
+    except OverflowError:
+        return reprlib.repr(value)
 
 
 def check_num_threads(num_threads, *, allow_none: bool = True):
-    """A positive thread count, or None for the package-wide setting."""
+    """A positive thread count, or None for the package-wide setting. Any size is accepted:
+    the C core uses at most the CPUs available to the process."""
     if num_threads is None and allow_none:
         return None
     if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral):

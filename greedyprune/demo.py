@@ -169,7 +169,7 @@ class DemoResult:
 
 
 def run(model, processor, *, image: Any = None, question: str = DEFAULT_QUESTION,
-        keep: int = 64, methods: Sequence[str] = ("greedyprune",), lam: float = 0.5,
+        keep: int = 64, methods: Sequence[str] = ("greedyprune",), lam: Optional[float] = None,
         saliency: str = "text", out: Optional[str] = "greedyprune-demo.png", repeats: int = 3,
         max_new_tokens: int = 8, reference: Optional[str] = None, scale: int = 2,
         print_fn=print) -> DemoResult:
@@ -179,9 +179,10 @@ def run(model, processor, *, image: Any = None, question: str = DEFAULT_QUESTION
 
     from . import methods as registry
     from .evaluate import HFAnswerer, device_synchronizer
-    from .hf import attach
+    from .hf import DEFAULT_LAM, attach
     from .viz import draw_record
 
+    lam = DEFAULT_LAM if lam is None else lam
     image = sample_image_path() if image is None else image
     answerer = HFAnswerer(model, processor, max_new_tokens=max_new_tokens, prompt="{question}",
                           lam=lam, saliency=saliency)

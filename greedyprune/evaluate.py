@@ -252,7 +252,8 @@ class HFAnswerer:
     """
 
     def __init__(self, model: Any, processor: Any, *, max_new_tokens: int = 16,
-                 prompt: str = SHORT_ANSWER_PROMPT, lam: float = 0.5, saliency: str = "text",
+                 prompt: str = SHORT_ANSWER_PROMPT, lam: Optional[float] = None,
+                 saliency: str = "text",
                  seed: int = 0) -> None:
         self.model = model
         self.processor = processor

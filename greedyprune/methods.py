@@ -27,7 +27,8 @@ Registered selectors:
 ``uniform``      evenly strided: the middle token of each of k equal stretches of the sequence.
 
 Add one with :func:`register` (for a ``with`` block only: :func:`registered`); look one up with
-:func:`get`; list them with :func:`names`.
+:func:`get`; list them with :func:`names`; ask whether one needs saliency with
+:func:`needs_saliency`.
 torch is never imported here: a tensor is recognized only if torch was already imported.
 
 Threads: the NumPy matrix products here (``divprune``'s nearest neighbours, ``cdpruner``) run
@@ -39,6 +40,7 @@ threads.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -53,6 +55,7 @@ Selector = Callable[..., Any]
 DEFAULT = "greedyprune"
 
 _REGISTRY: Dict[str, Selector] = {}
+_NEEDS_SALIENCY: Dict[str, bool] = {}
 
 # Rows of the (chunk × N) similarity block computed at once by `divprune`: about 4M entries
 # (32 MB in float64) whatever N is, so memory stays O(N·chunk), never N×N.
@@ -68,26 +71,36 @@ _CDPRUNER_FLOOR = 1e-6
 _CDPRUNER_SPAN_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 
 
-def register(name: str, *, wrap: bool = True) -> Callable[[Selector], Selector]:
+def register(name: str, *, wrap: bool = True,
+             needs_saliency: bool = False) -> Callable[[Selector], Selector]:
     """Decorator that registers a selector under ``name`` (replacing any previous one).
 
     With ``wrap=True`` (the default) the decorated function receives NumPy inputs already
     validated and shaped ``(B, N, D)`` and ``(B, N)`` (or None), plus ``k`` (int), ``lam``
     (float) and ``seed`` (int), and returns a ``(B, k)`` integer array; the registry wraps it so
     that callers get the full contract of this module (validation, tensors in and out, sorting,
-    (N, D) inputs). With ``wrap=False`` the function already honours the contract itself and is
-    registered as it is.
+    (N, D) inputs, an empty batch). With ``wrap=False`` the function already honours the
+    contract itself and is registered as it is.
+
+    ``needs_saliency=True`` declares that the selector cannot work without saliency: the
+    wrapped selector then refuses ``saliency=None``, and ``greedyprune.hf.attach`` refuses
+    ``saliency="none"`` with it (see :func:`needs_saliency`).
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty string, got {name!r}")
 
     def decorator(kernel: Selector) -> Selector:
+        _NEEDS_SALIENCY[name] = bool(needs_saliency)
         if not wrap:
             _REGISTRY[name] = kernel
             return kernel
 
         def selector(features, k, saliency=None, *, lam: float = 0.5, seed: int = 0):
             x, s, k_, lam_, seed_, restore = _prepare(features, k, saliency, lam, seed)
+            if needs_saliency and s is None:
+                raise ValueError(f"saliency is required by method {name!r}")
+            if len(x) == 0:  # an empty batch: nothing to select
+                return restore(np.empty((0, k_), dtype=np.int64))
             kept = np.sort(np.asarray(kernel(x, k_, s, lam=lam_, seed=seed_), dtype=np.int64),
                            axis=-1)
             return restore(kept)
@@ -115,20 +128,28 @@ def get(name: str) -> Selector:
 
 
 @contextlib.contextmanager
-def registered(name: str, selector: Selector) -> Iterator[str]:
+def registered(name: str, selector: Selector, *, needs_saliency: bool = False) -> Iterator[str]:
     """Register ``selector`` (which honours the contract itself, as with ``wrap=False``) as
     ``name`` inside the ``with`` block only, e.g. a recording wrapper for a demo or a
     benchmark; whatever was registered under ``name`` before is back afterwards. Yields
     ``name``."""
-    previous = _REGISTRY.get(name)
-    register(name, wrap=False)(selector)
+    previous = _REGISTRY.get(name), _NEEDS_SALIENCY.get(name)
+    register(name, wrap=False, needs_saliency=needs_saliency)(selector)
     try:
         yield name
     finally:
-        if previous is None:
+        if previous[0] is None:
             _REGISTRY.pop(name, None)
+            _NEEDS_SALIENCY.pop(name, None)
         else:
-            _REGISTRY[name] = previous
+            _REGISTRY[name], _NEEDS_SALIENCY[name] = previous
+
+
+def needs_saliency(name: str) -> bool:
+    """Whether the selector registered as ``name`` needs saliency (``topk`` does); ValueError
+    naming the known ones for an unknown name."""
+    get(name)
+    return _NEEDS_SALIENCY[name]
 
 
 def names() -> List[str]:
@@ -150,11 +171,9 @@ def greedyprune(features, k, saliency=None, *, lam: float = 0.5, seed: int = 0):
     return _gp.select(features, k, saliency, lam)
 
 
-@register("topk")
+@register("topk", needs_saliency=True)
 def topk(x, k, s, *, lam, seed):
     """The k most salient tokens (the rule at λ = 1; lowest index first among equal saliency)."""
-    if s is None:
-        raise ValueError("saliency is required by method 'topk' (it ranks tokens by saliency)")
     # A stable sort of -s puts equal saliencies in index order: the spec's tie rule, in
     # O(N log N) rather than a greedy pass.
     return np.argsort(-s, axis=-1, kind="stable")[:, :k]
@@ -406,10 +425,19 @@ def blas_threads() -> Iterator[None]:
 
         _blas_depth = 1
         try:
-            with controller.limit(limits=get_num_threads()):
+            # The setting may exceed what the BLAS takes (a C int): use at most one per CPU.
+            with controller.limit(limits=min(get_num_threads(), _cpus_available())):
                 yield
         finally:
             _blas_depth = 0
+
+
+def _cpus_available() -> int:
+    """CPUs this process may run on (its affinity mask, where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity masks here (macOS, Windows)
+        return os.cpu_count() or 1
 
 
 def _torch_tensor_type():
@@ -430,8 +458,13 @@ def _prepare(features, k, saliency, lam, seed) -> Tuple[np.ndarray, Optional[np.
         return tensor_type is not None and isinstance(value, tensor_type)
 
     device = features.device if is_tensor(features) else None
-    x = features if is_tensor(features) else _validate.as_array(features, "features")
-    if saliency is not None and not is_tensor(saliency):
+    if is_tensor(features):
+        x = _validate.readable_tensor(features, "features")
+    else:
+        x = _validate.as_array(features, "features")
+    if is_tensor(saliency):
+        saliency = _validate.readable_tensor(saliency, "saliency")
+    elif saliency is not None:
         saliency = _validate.as_array(saliency, "saliency")
     k, lam, _ = _validate.check_call(
         x.shape, x.dtype, k, lam, None,
@@ -466,7 +499,6 @@ def _prepare(features, k, saliency, lam, seed) -> Tuple[np.ndarray, Optional[np.
 def _tensor_to_numpy(t) -> np.ndarray:
     import torch
 
-    t = t.detach()
     if t.dtype not in (torch.float32, torch.float64, torch.float16):
         t = t.float()  # bfloat16 has no NumPy dtype; the core computes it in float32 anyway
     return t.cpu().numpy()

@@ -8,12 +8,22 @@ Only the distance computation is chosen with care: ``(xhat * xhat[j]).sum(axis=1
 row with the same summation order, so exactly duplicated tokens get exactly equal distances and
 the tie rule (lowest index wins) applies to them as the spec says. A matrix-vector product may
 round equal rows differently depending on where they sit in memory.
+
+Rows that point the same way or opposite ways (exact duplicates, scaled copies, every D = 1 input)
+are at distance exactly 0 or 1: a cosine within :data:`COSINE_SNAP` of +1 or -1 counts as +1 or -1,
+as in the C core (``GP_COSINE_SNAP_F64`` in csrc/greedyprune.h). Rounding would otherwise leave
+their distances a few units in the last place apart, and decide their ties instead of the index.
+Gains that differ by less than rounding for another reason (two scaled copies of a row measured
+against a third row, say) may still be ordered differently here and in the C core.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from . import _validate
+
+#: A cosine within this of +1 or -1 counts as exactly +1 or -1 (parallel or opposite rows).
+COSINE_SNAP = 2.0**-32
 
 
 def greedy(features, k, saliency=None, lam=0.5, *, num_threads=None):
@@ -66,6 +76,15 @@ def unit_rows(x):
     return np.divide(y, norms, out=np.zeros_like(y), where=norms > 0)
 
 
+def distances(xhat, i):
+    """``d(·, i) = (1 − x̂ · x̂_i) / 2`` for every row, unclamped, with a cosine within
+    :data:`COSINE_SNAP` of ±1 taken as exactly ±1."""
+    cosine = (xhat * xhat[i]).sum(axis=1)
+    cosine[cosine >= 1.0 - COSINE_SNAP] = 1.0
+    cosine[cosine <= COSINE_SNAP - 1.0] = -1.0
+    return (1.0 - cosine) / 2.0
+
+
 def _greedy_one(x, s, k, lam):
     n = x.shape[0]
     xhat = unit_rows(x)
@@ -80,8 +99,7 @@ def _greedy_one(x, s, k, lam):
         order.append(i)
         gains.append(gain[i])
         available[i] = False
-        d = (1.0 - (xhat * xhat[i]).sum(axis=1)) / 2.0  # cosine distance to the new pick, unclamped
-        m = np.minimum(m, d)
+        m = np.minimum(m, distances(xhat, i))
     return order, gains
 
 

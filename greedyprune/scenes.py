@@ -335,7 +335,11 @@ def ask(rng: np.random.Generator, scene: Scene) -> Tuple[str, str, str]:
                 return f"Is there a {t.colour} {t.shape}?", "yes", category
             absent = [(s, c) for s in SHAPES for c in COLOURS
                       if not any((t.shape, t.colour) == (s, c) for t in things)]
-            shape, colour = _pick(rng, absent)
+            # Half of the time a hard negative where there is one: the colour and the shape
+            # are both in the scene, on other objects.
+            hard = [(s, c) for s, c in absent if any(t.shape == s for t in things)
+                    and any(t.colour == c for t in things)]
+            shape, colour = _pick(rng, hard if hard and rng.integers(2) else absent)
             return f"Is there a {colour} {shape}?", "no", category
         elif category == "count":
             shape = _pick(rng, things).shape

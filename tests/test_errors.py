@@ -45,6 +45,8 @@ BAD_CALLS = [
     ("lam < 0", (X, 2, None, -0.1), {}, ValueError, "lam must be in [0, 1], got -0.1"),
     ("lam > 1", (X, 2, None, 1.5), {}, ValueError, "lam must be in [0, 1], got 1.5"),
     ("lam NaN", (X, 2, None, float("nan")), {}, ValueError, "lam must be in [0, 1], got nan"),
+    ("lam beyond float", (X, 2, None, 10**400), {}, ValueError, "lam must be in [0, 1], got 10000"),
+    ("lam below float", (X, 2, None, -10**400), {}, ValueError, "lam must be in [0, 1], got -1000"),
     ("lam string", (X, 2, None, "0.5"), {}, TypeError, "lam must be a real number"),
     ("lam None", (X, 2, None, None), {}, TypeError, "lam must be a real number"),
     ("saliency too short", (X, 2, S[:9]), {}, ValueError, "saliency must have shape (10,)"),
@@ -74,6 +76,34 @@ def test_reference_and_core_raise_identical_messages():
                 fn(*args, **kwargs)
             messages.append(str(info.value))
         assert messages[0] == messages[1], description
+
+
+@pytest.mark.parametrize("num_threads", [2**31 - 1, 2**31, 2**63, 10**30])
+def test_thread_counts_beyond_the_cpus_are_accepted_and_change_nothing(num_threads):
+    x = np.random.default_rng(5).normal(size=(3, 40, 6))
+    want_order, want_gains = reference.greedy(x, 9, None, 0.3, num_threads=num_threads)
+    order, gains = greedyprune.greedy(x, 9, None, 0.3, num_threads=num_threads)
+    np.testing.assert_array_equal(order, want_order)
+    np.testing.assert_allclose(gains, want_gains, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(greedyprune.select(x, 9, num_threads=num_threads),
+                                  reference.select(x, 9))
+
+
+@pytest.mark.parametrize("num_threads", [2**40, 10**30])
+def test_a_huge_package_thread_count_is_kept_and_every_call_still_works(num_threads):
+    from greedyprune import methods
+
+    rng = np.random.default_rng(6)
+    x, s = rng.normal(size=(2, 40, 6)), rng.random((2, 40))
+    want = {name: methods.get(name)(x, 5, s) for name in methods.names()}
+    previous = greedyprune.set_num_threads(num_threads)
+    try:
+        assert greedyprune.get_num_threads() == num_threads
+        np.testing.assert_array_equal(greedyprune.select(x, 5, s), reference.select(x, 5, s))
+        for name, expected in want.items():  # divprune and cdpruner run NumPy's BLAS too
+            np.testing.assert_array_equal(methods.get(name)(x, 5, s), expected, err_msg=name)
+    finally:
+        assert greedyprune.set_num_threads(previous) == num_threads
 
 
 def test_nan_in_one_image_of_a_batch_is_reported():
@@ -152,6 +182,23 @@ def test_package_environment_variable_wins_over_omp_num_threads():
         assert _run_python(code, {"OMP_NUM_THREADS": "5", "GREEDYPRUNE_NUM_THREADS": ""}).stdout.strip() == "5"
     bad = _run_python(code, {"GREEDYPRUNE_NUM_THREADS": "lots", "OMP_NUM_THREADS": "2"})
     assert "GREEDYPRUNE_NUM_THREADS" in bad.stderr and bad.stdout.strip() == ("2" if greedyprune.has_openmp else "1")
+    for value in ("0", "-3", "2.5"):
+        bad = _run_python(code, {"GREEDYPRUNE_NUM_THREADS": value, "OMP_NUM_THREADS": "2"})
+        warning = f"ignoring GREEDYPRUNE_NUM_THREADS={value!r}: expected a positive integer"
+        assert warning in bad.stderr
+
+
+def test_a_huge_environment_thread_count_is_kept_and_calls_still_work():
+    result = _run_python("""
+        import numpy as np, greedyprune
+        from greedyprune import methods, reference
+        x = np.random.default_rng(0).normal(size=(2, 30, 5))
+        print(greedyprune.get_num_threads())
+        print(np.array_equal(greedyprune.select(x, 4), reference.select(x, 4)))
+        print(methods.get("divprune")(x, 4).shape, methods.get("cdpruner")(x, 4).shape)
+    """, {"GREEDYPRUNE_NUM_THREADS": "99999999999"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:3] == ["99999999999", "True", "(2, 4) (2, 4)"]
 
 
 def test_gil_is_released_while_the_c_core_runs():

@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 from greedyprune.hf import attach, supported_models  # noqa: E402
 
 from hf_models import (BUILDERS, CLS_ARCHS, PROMPTS, QWEN_ARCHS,  # noqa: E402
-                       QWEN_GENERATION_PROMPTS, WITH_ATTN,
+                       QWEN_GENERATION_PROMPTS, QWEN_PROMPTS, WITH_ATTN,
                        assert_close_on_valid, assert_kept_is_select, batch, decoder_kwargs,
                        decoder_of, generate_batched_and_alone, hook_count, logits,
                        merged_inputs, placeholders, prompt_modalities, reference_logits, tiny)
@@ -214,3 +214,61 @@ def test_supported_with_the_inner_model_and_the_decoder_refused(arch):
         attach(decoder_of(model), keep=4)
     assert all(name in str(refused.value) for name in names)   # naming what works
     assert hook_count(model) == 0
+
+
+# --- concurrency ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["llava_next", "qwen2_vl", "gemma3"])
+def test_two_threads_generating_on_one_handle_get_the_sequential_answers(arch):
+    # Two requests of different layouts. A pre-hook that runs before the pruning hook makes the
+    # two threads meet at every decoder call, so that their prefills, decode steps and records
+    # are in flight at the same time, every time; each must stay its thread's own.
+    import threading
+
+    model = tiny(arch).model
+    prompts = QWEN_PROMPTS if arch in QWEN_ARCHS else PROMPTS[arch]
+    requests = [batch(arch, prompts[:1], seed=1)[0], batch(arch, prompts[1:], seed=2)[0]]
+    settings = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    meeting, together = threading.Barrier(2, timeout=2), threading.Event()
+
+    def meet(module, args, kwargs):
+        if together.is_set():
+            try:
+                meeting.wait()
+            except threading.BrokenBarrierError:  # the other thread failed or is elsewhere
+                pass
+
+    meet_handle = decoder_of(model).register_forward_pre_hook(meet, with_kwargs=True)
+    try:
+        with attach(model, keep=2) as handle:
+            expected = [(model.generate(**inputs, **settings), [r.kept for r in handle.last])
+                        for inputs in requests]  # one at a time
+            got, errors = [None, None], []
+
+            def work(i):
+                try:
+                    for _ in range(2):
+                        sequences = model.generate(**requests[i], **settings)
+                        got[i] = (sequences, [r.kept for r in handle.last])
+                except Exception as error:  # reported below, with the thread's number
+                    errors.append((i, error))
+                    meeting.abort()
+
+            together.set()
+            threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            # This thread's own last prefill, whatever the others did since.
+            mine = [r.kept for r in handle.last]
+            assert len(mine) == len(expected[1][1])
+            assert all(np.array_equal(a, b) for a, b in zip(mine, expected[1][1]))
+    finally:
+        meet_handle.remove()
+    assert not errors, errors
+    for i, ((sequences, kept), (want_sequences, want_kept)) in enumerate(zip(got, expected)):
+        assert torch.equal(sequences, want_sequences), i
+        assert len(kept) == len(want_kept) > 0
+        assert all(np.array_equal(a, b) for a, b in zip(kept, want_kept)), i

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from greedyprune import methods  # noqa: E402
-from greedyprune.hf import attach, supported_models  # noqa: E402
+from greedyprune.hf import DEFAULT_LAM, attach, supported_models  # noqa: E402
 
 from hf_models import (IMAGE_ID, batch, decoder_kwargs, hook_count, logits,  # noqa: E402
                        merged_inputs, tiny, unit_positions)
@@ -191,7 +191,20 @@ def test_bad_arguments_raise_clear_errors():
         attach(model.model.language_model, keep=4)
     with pytest.raises(TypeError, match="LlavaNextModel"):
         attach(torch.nn.Linear(2, 2), keep=4)
+    # Numbers beyond float's range are out of range, not an OverflowError.
+    with pytest.raises(ValueError, match=r"lam must be in \[0, 1\], got 1000.*\.\.\..*000$"):
+        attach(model, keep=4, lam=10**400)
+    with pytest.raises(ValueError, match=r"keep_ratio must be in \(0, 1\], got 1000.*\.\.\."):
+        attach(model, keep_ratio=10**400)
+    with pytest.raises(ValueError, match="keep_ratio must be in .*, got nan"):
+        attach(model, keep_ratio=float("nan"))
+    # A selector that needs saliency is refused without it when attaching, not at every call.
+    with pytest.raises(ValueError, match="method 'topk' needs saliency: use saliency='text'"):
+        attach(model, keep=4, method="topk", saliency="none")
     assert hook_count(model) == 0
+    with attach(model, keep=2, method="topk", saliency="text") as handle:
+        logits(model, batch("llava")[0])
+    assert all(r.tokens_after == 2 for r in handle.last)
 
 
 def test_lam_with_saliency_none_warns_when_given_to_greedyprune():
@@ -226,8 +239,8 @@ def test_no_lam_warning_for_the_default_or_where_lam_matters_or_is_unused():
                         dict(saliency="none", lam=0.3, method="divprune")):
             handle = attach(model, keep=3, **options)
             handle.detach()
-    handle = attach(model, keep=3, saliency="none")  # lam left out means 0.5
-    assert handle.lam == 0.5 and "lam=0.5" in repr(handle)
+    handle = attach(model, keep=3, saliency="none")  # lam left out means DEFAULT_LAM, 0
+    assert handle.lam == DEFAULT_LAM == 0.0 and "lam=0.0" in repr(handle)
     handle.detach()
     assert hook_count(model) == 0
 
@@ -252,7 +265,7 @@ def test_inner_model_attach_twice_warns_and_replaces_and_repr():
         assert not first.attached and second.attached
         assert repr(second) == (
             "PruneHandle(model=LlavaForConditionalGeneration, arch='llava', keep_ratio=0.5, "
-            "lam=0.5, saliency='none', method='uniform', seed=0, attached=True)")
+            "lam=0.0, saliency='none', method='uniform', seed=0, attached=True)")
         logits(model, inputs)
         assert {r.tokens_after for r in second.last} == {8}
         assert first.last == []

@@ -78,6 +78,7 @@ def test_unknown_name_lists_known_ones():
 
 def test_register_adds_a_selector_with_the_full_contract(monkeypatch):
     monkeypatch.setattr(methods, "_REGISTRY", dict(methods._REGISTRY))
+    monkeypatch.setattr(methods, "_NEEDS_SALIENCY", dict(methods._NEEDS_SALIENCY))
 
     @methods.register("last")
     def last(x, k, s, *, lam, seed):
@@ -108,6 +109,20 @@ def test_batch_rows_equal_single_calls(name):
         single = methods.get(name)(x[b], 5, s[b], lam=0.3, seed=4)
         assert single.shape == (5,)
         np.testing.assert_array_equal(batch[b], single)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_an_empty_batch_gives_shape_0_k_like_select(name):
+    x, s = make(b=0)
+    want = greedyprune.select(x, 3, s)
+    assert want.shape == (0, 3)
+    kept = methods.get(name)(x, 3, s)
+    assert kept.dtype == np.int64 and kept.shape == (0, 3)
+    with pytest.raises(ValueError, match=r"k must be in \[1, N\] = \[1, 40\], got 41"):
+        methods.get(name)(x, 41, s)  # still checked without an image to select from
+    torch = pytest.importorskip("torch")
+    kept = methods.get(name)(torch.from_numpy(x), 3, torch.from_numpy(s))
+    assert isinstance(kept, torch.Tensor) and kept.dtype == torch.int64 and kept.shape == (0, 3)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -199,8 +214,12 @@ def test_topk_keeps_the_most_salient_lowest_index_among_ties():
 
 
 def test_topk_needs_saliency():
-    with pytest.raises(ValueError, match="saliency is required"):
-        methods.get("topk")(np.ones((4, 2)), 2)
+    for features in (np.ones((4, 2)), np.ones((0, 4, 2))):
+        with pytest.raises(ValueError, match="saliency is required by method 'topk'"):
+            methods.get("topk")(features, 2)
+    assert [name for name in ALL if methods.needs_saliency(name)] == ["topk"]
+    with pytest.raises(ValueError, match="unknown method 'nope'; known methods: greedyprune"):
+        methods.needs_saliency("nope")
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -441,9 +460,9 @@ def test_registered_lasts_for_the_with_block_and_restores_what_was_there():
 
     with methods.registered("_test_block", first) as name:
         assert name == "_test_block" and methods.get(name) is first
-        with methods.registered(name, last):
-            assert methods.get(name) is last
-        assert methods.get(name) is first
+        with methods.registered(name, last, needs_saliency=True):
+            assert methods.get(name) is last and methods.needs_saliency(name)
+        assert methods.get(name) is first and not methods.needs_saliency(name)
     assert "_test_block" not in methods.names()
     with pytest.raises(RuntimeError), methods.registered("_test_block", first):
         raise RuntimeError("the block fails")

@@ -86,6 +86,26 @@ def test_every_answer_is_right_and_every_scene_is_legal():
             assert abs(a.centre[0] - b.centre[0]) >= 2 or abs(a.centre[1] - b.centre[1]) >= 2
 
 
+def test_follow_up_questions_are_right_and_half_of_the_noes_are_hard():
+    rng = np.random.default_rng(4)
+    hard = noes = 0
+    categories = Counter()
+    for q in scenes.questions(12, 100):
+        for _ in range(10):
+            question, answer, category = scenes.ask(rng, q.scene)
+            follow_up = scenes.Question(q.scene, question, answer, category)
+            assert answer == truth(follow_up), question
+            categories[category] += 1
+            if category == "existence" and answer == "no":
+                colour, shape = question.rstrip("?").split()[-2:]
+                noes += 1
+                hard += any(t.colour == colour for t in q.scene.things) and \
+                    any(t.shape == shape for t in q.scene.things)
+    assert set(categories) == set(scenes.CATEGORIES)
+    # A hard "no" (colour and shape both there, on other objects) about half of the time.
+    assert 0.4 < hard / noes < 0.8, (hard, noes)
+
+
 def test_pixels_agree_with_patch_labels_and_background_is_textured():
     q = scenes.questions(5, 1)[0]
     pixels = scenes.render(q.scene).astype(int)

@@ -2,13 +2,15 @@
 for tensors on accelerators) is checked against the C core on CPU tensors."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 import greedyprune  # noqa: E402
-from greedyprune import _api, _torch  # noqa: E402
+from greedyprune import _api, _torch, methods  # noqa: E402
 
 from util import assert_near_greedy, cases  # noqa: E402
 
@@ -70,6 +72,81 @@ def test_tensor_bad_input(bad, exc, words):
         greedyprune.select(bad, 2)
     with pytest.raises(ValueError, match=r"saliency must have shape \(5,\)"):
         greedyprune.select(torch.randn(5, 3), 2, torch.rand(4))
+
+
+def _misaligned(t):
+    """A copy of ``t`` whose data starts one byte past an aligned address."""
+    raw = bytearray(t.numel() * t.element_size() + 1)
+    out = torch.frombuffer(raw, dtype=t.dtype, offset=1, count=t.numel()).view(t.shape)
+    out.copy_(t)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_misaligned_cpu_tensors_are_copied_like_numpy_arrays(dtype):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 30, 6, generator=g).to(dtype)
+    s = torch.rand(2, 30, generator=g).to(dtype)
+    mx, ms = _misaligned(x), _misaligned(s)
+    assert mx.data_ptr() % mx.element_size() and ms.data_ptr() % ms.element_size()
+    want = greedyprune.greedy(x, 7, s, 0.4)
+    for features, saliency in ((mx, ms), (mx, s), (x, ms)):
+        got = greedyprune.greedy(features, 7, saliency, 0.4)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert torch.equal(methods.get("divprune")(mx, 7), methods.get("divprune")(x, 7))
+
+
+def test_negated_views_and_zero_tensors_are_read_by_value():
+    g = torch.Generator().manual_seed(6)
+    x, s = torch.randn(2, 20, 5, generator=g), torch.rand(2, 20, generator=g)
+    negated, negated_s = torch._neg_view(-x), torch._neg_view(-s)  # a lazy negation: same values
+    assert negated.is_neg() and torch.equal(negated, x)
+    for fn in (greedyprune.select, methods.get("greedyprune"), methods.get("divprune"),
+               methods.get("cdpruner")):
+        assert torch.equal(fn(negated, 6, negated_s), fn(x, 6, s)), fn
+    zeros = torch._efficientzerotensor((2, 20, 5))
+    assert zeros._is_zerotensor()
+    for fn in (greedyprune.select, methods.get("divprune"), methods.get("uniform")):
+        assert torch.equal(fn(zeros, 6), fn(torch.zeros(2, 20, 5), 6)), fn
+
+
+def _nested(shape):
+    with warnings.catch_warnings():  # "prototype stage"
+        warnings.simplefilter("ignore")
+        return torch.nested.nested_tensor([torch.randn(shape), torch.randn(shape)])
+
+
+def _sparse_csr(shape):
+    with warnings.catch_warnings():  # "beta state"
+        warnings.simplefilter("ignore")
+        return torch.randn(shape).to_sparse_csr()
+
+
+UNREADABLE = [
+    # (id, make(shape), exception, message with {} for the argument, also tried as saliency)
+    ("meta", lambda shape: torch.empty(shape, device="meta"), ValueError,
+     "{} is a tensor on the meta device, which holds no values", True),
+    ("sparse", lambda shape: torch.randn(shape).to_sparse(), TypeError,
+     r"{} must be a dense tensor, got layout torch.sparse_coo: call .to_dense\(\) first", True),
+    ("sparse csr", _sparse_csr, TypeError,
+     "{} must be a dense tensor, got layout torch.sparse_csr", False),  # 2-D only
+    ("nested", _nested, TypeError, "{} must be a regular tensor, got a nested tensor", False),
+]
+
+
+@pytest.mark.parametrize("make,exc,words,as_saliency", [u[1:] for u in UNREADABLE],
+                         ids=[u[0] for u in UNREADABLE])
+@pytest.mark.parametrize("fn", [greedyprune.select, greedyprune.greedy, methods.get("greedyprune"),
+                                methods.get("divprune"), methods.get("random")],
+                         ids=["select", "greedy", "methods.greedyprune", "methods.divprune",
+                              "methods.random"])
+def test_tensors_without_readable_values_are_refused_by_name(fn, make, exc, words, as_saliency):
+    with pytest.raises(exc, match=words.format("features")):
+        fn(make((5, 3)), 2)
+    if as_saliency:
+        for features in (torch.randn(5, 3), np.random.default_rng(0).normal(size=(5, 3))):
+            with pytest.raises(exc, match=words.format("saliency")):
+                fn(features, 2, make((5,)))
 
 
 @pytest.mark.parametrize("case", [c for c in cases(np.float64) if not c.exact_ties], ids=repr)

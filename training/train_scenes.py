@@ -21,13 +21,28 @@ reward growth):
   a learned background score;
 * the object part covering the patch (a small or a large object's top-left cell or another), and the
   patch's row and column, through a linear head;
+* the patch's row and column as numbers in [-1, 1], so that comparing two positions is a
+  subtraction;
 * a penalty on visual tokens whose RMS exceeds 1.
 
-The auxiliary head is a training aid only; it is not part of the exported model. Half the
+Two more targets teach the decoder to use those tokens:
+
+* where to look: at each position that predicts an answer, two heads of decoder layer
+  ``--attention-layer`` should attend to the patches of the objects the question is about
+  (head 0 to the first named, head 1 to the second: a spatial question's two objects), or away
+  from the image when there is nothing to find (a "no" to an existence question);
+* from step ``--compare-from``, where a spatial question's first object lies from its second,
+  per axis (before, level, after), read by a linear head from the residual stream after that
+  layer; from step ``--relation-from``, also the relation asked, read from the same place. With
+  both there, the answer is one product away, which the next layer's gated MLP computes. (These
+  steps are where they joined the run that made the shipped model: objects first, then
+  positions, then relations.)
+
+The auxiliary heads are training aids only; they are not part of the exported model. Half the
 questions carry LLaVA-1.5's short-answer instruction, so both prompt styles work. For the
 first ``--easy-steps`` steps scenes hold 1–3 objects, then 2–6 as in the benchmark.
 
-A checkpoint (model, auxiliary head, optimizer, step) is written to ``--out`` every
+A checkpoint (model, auxiliary heads, optimizer, step) is written to ``--out`` every
 ``--checkpoint-every`` steps and on Ctrl-C; the same command resumes from it. At the end the
 model and processor are saved with ``save_pretrained`` into ``--export`` (default: the package's
 ``greedyprune/data/scenes-llava``) and their accuracy on 1000 fresh benchmark questions is
@@ -56,18 +71,20 @@ from greedyprune.evaluate import SHORT_ANSWER_PROMPT  # noqa: E402
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 #: Outputs of the linear auxiliary head: a background score for colour and for shape (the
-#: named classes are scored by word embeddings), the part (0–5), the row and the column.
-AUX = {"colour_bg": 1, "shape_bg": 1, "part": 5, "row": scenes.GRID, "col": scenes.GRID}
-TRAIN_KEY = 0x747261696E
-COSINE_SCALE = 10.0  # logits of the word-embedding targets: 10 × cosine  # keeps training streams apart from scenes.benchmark's
+#: named classes are scored by word embeddings), the part (0–5), the row and the column as
+#: classes, and the row and the column as numbers in [-1, 1].
+AUX = {"colour_bg": 1, "shape_bg": 1, "part": 5, "row": scenes.GRID, "col": scenes.GRID,
+       "where": 2}
+TRAIN_KEY = 0x747261696E  # keeps training streams apart from scenes.benchmark's
+COSINE_SCALE = 10.0  # logits of the word-embedding targets: 10 × cosine
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=2200)
+    p.add_argument("--steps", type=int, default=4500)
     p.add_argument("--batch", type=int, default=32, help="images per step")
-    p.add_argument("--extra-questions", type=int, default=4,
-                   help="questions per image besides the first (default 2)")
+    p.add_argument("--extra-questions", type=int, default=6,
+                   help="questions per image besides the first")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=150)
     p.add_argument("--easy-steps", type=int, default=400)
@@ -77,8 +94,16 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(ROOT / "training" / "run"), help="checkpoint folder")
     p.add_argument("--export", default=str(ROOT / "greedyprune" / "data" / "scenes-llava"))
     p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--final-questions", type=int, default=1000)
+    p.add_argument("--attention-layer", type=int, default=2,
+                   help="decoder layer whose first two heads are shown where to look")
+    p.add_argument("--attention-weight", type=float, default=1.0)
+    p.add_argument("--compare-from", type=int, default=1190,
+                   help="step from which spatial questions also teach where the first object "
+                        "lies from the second")
+    p.add_argument("--relation-from", type=int, default=2145,
+                   help="step from which spatial questions also teach which relation is asked")
     return p.parse_args(argv)
 
 
@@ -103,16 +128,20 @@ def batch(processor, step: int, args):
     """The batch of a step: conversations with their answers, and patch targets."""
     rng = np.random.default_rng([args.seed, TRAIN_KEY, step])
     objects = (1, 3) if step < args.easy_steps else (2, 6)
-    images, texts, labels, categories = [], [], [], []
+    images, texts, labels, categories, looks, compares = [], [], [], [], [], []
     for i in range(args.batch):
         category = scenes.CATEGORIES[int(rng.integers(len(scenes.CATEGORIES)))]
         scene, question, answer = scenes.generate(rng, category, objects)
         conversation = [turn(question, bool(rng.integers(2)), True),
                         {"role": "assistant", "content": answer}]
+        asked = [scenes.Question(scene, question, answer, category)]
         for _ in range(args.extra_questions):
-            question, answer, _ = scenes.ask(rng, scene)
+            question, answer, kind = scenes.ask(rng, scene)
             conversation += [turn(question, bool(rng.integers(2)), False),
                              {"role": "assistant", "content": answer}]
+            asked.append(scenes.Question(scene, question, answer, kind))
+        looks += [where_to_look(q) for q in asked]
+        compares += [comparison(q) for q in asked]
         images.append(scenes.render(scene))
         texts.append(processor.apply_chat_template(conversation))
         labels.append(scenes.patch_labels(scene))
@@ -120,7 +149,40 @@ def batch(processor, step: int, args):
     tok = processor.tokenizer(texts, padding=True, padding_side="right", return_tensors="pt")
     tok["input_ids"] = expand_images(processor, tok["input_ids"])
     tok["attention_mask"] = (tok["input_ids"] != processor.tokenizer.pad_token_id).long()
-    return images, tok, labels, categories
+    return images, tok, labels, categories, looks, compares
+
+
+def in_order(question):
+    """The two objects of a spatial question, in the order it names them."""
+    return sorted(scenes.mentioned(question),
+                  key=lambda t: question.question.index(f"{t.colour} {t.shape}"))
+
+
+def comparison(question):
+    """For a spatial question, where the first named object's centre lies from the second's,
+    per axis (row, column): 0 before (above / left), 1 level (less than a cell apart), 2 after;
+    then the relation asked (its index in ``scenes.RELATIONS``). None for other questions."""
+    if question.category != "spatial":
+        return None
+    first, second = in_order(question)
+    where = tuple(int(np.sign(a - b)) + 1 if abs(a - b) >= 1 else 1
+                  for a, b in zip(first.centre, second.centre))
+    return where + (next(i for i, r in enumerate(scenes.RELATIONS)
+                         if f" {r} " in question.question),)
+
+
+def where_to_look(question):
+    """The patches the two supervised heads should attend to when answering: the objects the
+    question is about (the first and the second named, for a spatial relation), or ``[(), ()]``
+    where there is nothing to find (a "no" to an existence question): then the heads should
+    look away from the image."""
+    if question.category == "spatial":
+        return [t.patches for t in in_order(question)]
+    things = scenes.mentioned(question)
+    if not things:
+        return [(), ()]
+    patches = tuple(p for t in things for p in t.patches)
+    return [patches, patches]
 
 
 def expand_images(processor, ids: torch.Tensor) -> torch.Tensor:
@@ -180,10 +242,70 @@ def aux_loss(head, words, features, labels, device):
         target = targets[name].to(device)
         total = total + torch.nn.functional.cross_entropy(score.flatten(0, 1), target.flatten())
         accuracy[name] = float((score.argmax(-1) == target).float().mean())
+    # Positions as numbers too, so that comparing two objects' positions is a subtraction.
+    middle = (scenes.GRID - 1) / 2
+    where = torch.stack([targets["row"], targets["col"]], -1).to(device).float() / middle - 1
+    total = total + 10 * torch.nn.functional.mse_loss(columns["where"], where)
     # Visual tokens no larger than unit RMS: far larger ones would pass through the decoder's
     # residual stream unchanged.
     excess = torch.relu(raw.pow(2).mean(-1).sqrt() - 1.0).pow(2).mean()
     return total + excess, accuracy
+
+
+def attention_loss(captured, attention, input_ids, marker, looks, image_id):
+    """-log of the attention two heads of one decoder layer pay, from the position that
+    predicts each answer, to the patches of the objects the question is about (head 0: the
+    first object, head 1: the second), or to anything but the image when there is nothing to
+    find. Recomputed from the layer's own query and key projections and rotary embedding, for
+    those positions only; padding is on the right."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    hidden, (cos, sin) = captured["hidden"], captured["rope"]
+    assistant, colon = marker
+    starts = (input_ids[:, :-3] == assistant) & (input_ids[:, 1:-2] == colon)
+    rows, at = starts.nonzero(as_tuple=True)
+    at = at + 1                                      # the ':' whose output is the answer word
+    b, t, _ = hidden.shape
+    d = attention.head_dim
+    q = attention.q_proj(hidden).view(b, t, -1, d)[:, :, :2].transpose(1, 2)
+    k = attention.k_proj(hidden).view(b, t, -1, d)[:, :, :2].transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    scores = torch.einsum("nhd,nhtd->nht", q[rows, :, at], k[rows]) * attention.scaling
+    later = torch.arange(t, device=hidden.device)[None, :] > at[:, None]
+    probs = scores.float().masked_fill(later[:, None], float("-inf")).softmax(-1)
+    first_image = (input_ids == image_id).int().argmax(1)
+    image = first_image[rows][:, None] + torch.arange(scenes.GRID ** 2, device=hidden.device)
+    on_image = probs.gather(2, image[:, None].expand(-1, 2, -1)).sum(-1)    # (answers, 2)
+    losses = []
+    for n, look in enumerate(looks):
+        for head, patches in enumerate(look):
+            if patches:
+                where = first_image[rows[n]] + torch.as_tensor(patches, device=hidden.device)
+                losses.append(-torch.log(probs[n, head, where].sum() + 1e-6))
+            else:
+                losses.append(-torch.log((1 - on_image[n, head]).clamp_min(0) + 1e-6))
+    return torch.stack(losses).mean()
+
+
+def compare_loss(head, hidden, input_ids, marker, compares, relation=None):
+    """Cross-entropy of where the first object of a spatial question lies from the second
+    (:func:`comparison`), read by a linear head from the residual stream at the position that
+    predicts the answer, after the supervised attention layer; and, given a ``relation`` head,
+    of the relation asked, read from the same place (an answer is then one product away)."""
+    assistant, colon = marker
+    starts = (input_ids[:, :-3] == assistant) & (input_ids[:, 1:-2] == colon)
+    rows, at = starts.nonzero(as_tuple=True)
+    chosen = [n for n, c in enumerate(compares) if c is not None]
+    if not chosen:
+        return hidden.new_zeros(())
+    x = hidden[rows[chosen], at[chosen] + 1].float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+    scores = head(x).view(len(chosen), 2, 3)
+    targets = torch.as_tensor([compares[n] for n in chosen], device=hidden.device)
+    loss = torch.nn.functional.cross_entropy(scores.flatten(0, 1), targets[:, :2].flatten())
+    if relation is not None:
+        loss = loss + torch.nn.functional.cross_entropy(relation(x), targets[:, 2])
+    return loss
 
 
 def lr_at(step, args):
@@ -218,15 +340,23 @@ def main(argv=None):
     from transformers import LlavaForConditionalGeneration
 
     model = LlavaForConditionalGeneration(builtin.config()).to(device)
-    head = torch.nn.Linear(model.config.text_config.hidden_size, sum(AUX.values())).to(device)
+    width = model.config.text_config.hidden_size
+    head = torch.nn.Linear(width, sum(AUX.values())).to(device)
+    compare = torch.nn.Linear(width, 6).to(device)
+    relation = torch.nn.Linear(width, len(scenes.RELATIONS)).to(device)
     params = list(model.parameters()) + list(head.parameters())
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW([{"params": params}, {"params": list(compare.parameters())},
+                                   {"params": list(relation.parameters())}],
+                                  lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    params += list(compare.parameters()) + list(relation.parameters())
     start, log = 0, []
     checkpoint = out / "checkpoint.pt"
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         head.load_state_dict(state["head"])
+        compare.load_state_dict(state["compare"])
+        relation.load_state_dict(state["relation"])
         optimizer.load_state_dict(state["optimizer"])
         start, log = state["step"], state["log"]
         print(f"resumed from {checkpoint} at step {start}", flush=True)
@@ -238,10 +368,22 @@ def main(argv=None):
     features = {}
     model.model.multi_modal_projector.register_forward_hook(
         lambda module, args_, output: features.__setitem__("x", output))
+    image_id = vocab["<image>"]
+    attention = model.model.language_model.layers[args.attention_layer].self_attn
+
+    def capture(module, args_, kwargs):
+        features["hidden"] = args_[0] if args_ else kwargs["hidden_states"]
+        features["rope"] = kwargs["position_embeddings"]
+
+    attention.register_forward_pre_hook(capture, with_kwargs=True)
+    model.model.language_model.layers[args.attention_layer + 1].register_forward_pre_hook(
+        lambda module, args_, kwargs: features.__setitem__(
+            "after", args_[0] if args_ else kwargs["hidden_states"]), with_kwargs=True)
 
     def save(step):
         tmp = out / "checkpoint.tmp"
         torch.save({"model": model.state_dict(), "head": head.state_dict(),
+                    "compare": compare.state_dict(), "relation": relation.state_dict(),
                     "optimizer": optimizer.state_dict(), "step": step, "log": log}, tmp)
         os.replace(tmp, checkpoint)
 
@@ -253,7 +395,7 @@ def main(argv=None):
     began = time.time()
     seconds_before = log[-1]["seconds"] if log else 0.0
     for step in range(start, args.steps):
-        images, tok, labels, _ = batch(processor, step, args)
+        images, tok, labels, _, looks, compares = batch(processor, step, args)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args)
         inputs = {k: v.to(device) for k, v in tok.items()}
@@ -262,15 +404,24 @@ def main(argv=None):
         embedding = model.get_input_embeddings().weight
         words = {k: embedding[v] for k, v in word_ids.items()}
         loss_x, aux_acc = aux_loss(head, words, features["x"], labels, device)
-        loss = loss_a + loss_x
+        loss_l = attention_loss(features, attention, inputs["input_ids"], marker, looks,
+                                image_id)
+        loss = loss_a + loss_x + args.attention_weight * loss_l
+        if step >= args.compare_from:
+            loss_c = compare_loss(compare, features["after"], inputs["input_ids"], marker,
+                                  compares, relation if step >= args.relation_from else None)
+            loss = loss + loss_c
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         done = step + 1
         if done % 10 == 0:
+            if step >= args.compare_from:
+                print(f"compare {loss_c.item():.3f}", end=" ")
             visual = features["x"].detach().norm(dim=-1).mean().item()
             print(f"step {done} loss {loss_a.item():.3f} aux {loss_x.item():.3f} "
+                  f"look {loss_l.item():.3f} "
                   f"visual-norm {visual:.2f} "
                   f"train-acc {float(correct.float().mean()):.2f} "
                   f"aux-acc {' '.join(f'{k}={v:.2f}' for k, v in aux_acc.items())} "

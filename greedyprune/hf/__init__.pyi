@@ -43,7 +43,8 @@ class PruneHandle:
     saliency: str
     method: str
     seed: int
-    last_prefill: Optional[PrefillRecord]
+    @property
+    def last_prefill(self) -> Optional[PrefillRecord]: ...
     @property
     def last(self) -> List[ImageRecord]: ...
     @property

@@ -24,6 +24,7 @@ Hooks, all PyTorch handles (nothing in the model is replaced or edited):
 """
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -79,12 +80,58 @@ class _Request:
     per_token: Dict[str, torch.Tensor] = field(default_factory=dict)  # ArchSpec.mask_inputs
 
 
+#: ``_ThreadState.last_prefill`` of a thread that has run no prefill on the handle yet.
+_NO_PREFILL_YET = object()
+
+
+class _ThreadState(threading.local):
+    """What one thread's forward in flight has noted; every thread that calls the model has its
+    own, so that concurrent ``generate()`` calls on one handle do not see each other's."""
+
+    def __init__(self):
+        self.call: Optional[_Call] = None
+        self.run: Optional[_VisionRun] = None     # the latest vision run (the projector follows it)
+        self.pending_request: Optional[_Request] = None   # from the prefill to the decoder's end
+        self.last_prefill: Any = _NO_PREFILL_YET
+
+
+class _ByIdentity:
+    """Values filed under live objects (model outputs, caches: not necessarily hashable) and
+    looked up by identity; entries whose object is gone are dropped as new ones come. Shared by
+    every thread that calls the model, hence the lock."""
+
+    def __init__(self):
+        self._entries: Dict[int, tuple] = {}   # id(object) -> (weakref to it, value)
+        self._lock = threading.Lock()
+
+    def put(self, obj, value) -> None:
+        reference = weakref.ref(obj)
+        with self._lock:
+            for key in [k for k, (ref, _) in self._entries.items() if ref() is None]:
+                del self._entries[key]
+            self._entries[id(obj)] = (reference, value)
+
+    def get(self, obj):
+        with self._lock:
+            entry = self._entries.get(id(obj))
+        return entry[1] if entry is not None and entry[0]() is obj else None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
 class PruneHandle:
     """Visual-token pruning attached to one model; see :func:`greedyprune.hf.attach`.
 
     ``last`` lists what the last pruned prefill did per image (:class:`ImageRecord`);
     ``last_prefill`` holds the same plus sequence-level bookkeeping and timings
     (:class:`PrefillRecord`). ``detach()`` (or leaving a ``with`` block) restores the model.
+
+    Threads: several threads may call ``generate()`` (or forward) on the model at once; each
+    call is pruned exactly as it would be alone. ``last`` and ``last_prefill`` are those of the
+    calling thread's last prefill (in a thread that has run none: the last prefill of any
+    thread). Attach and detach while no call is running.
     """
 
     def __init__(self, model, spec: _archs.ArchSpec, is_top: bool, *, keep, keep_ratio, lam,
@@ -97,16 +144,14 @@ class PruneHandle:
         self.saliency = saliency
         self.method = method
         self.seed = seed
-        self.last_prefill: Optional[PrefillRecord] = None
         self._spec = spec
         self._selector = selector
         self._inner = spec.inner(model) if is_top else model
         self._decoder = spec.decoder(self._inner)
-        self._call: Optional[_Call] = None
-        self._run: Optional[_VisionRun] = None   # the latest vision run (the projector follows it)
-        self._runs: Dict[int, tuple] = {}         # id(tower output) -> (weakref, _VisionRun)
-        self._pending_request: Optional[_Request] = None
-        self._requests: Dict[int, tuple] = {}
+        self._thread = _ThreadState()
+        self._latest_prefill: Optional[PrefillRecord] = None  # of any thread
+        self._runs = _ByIdentity()       # tower output -> _VisionRun
+        self._requests = _ByIdentity()   # cache object -> _Request of the prefill that filled it
         self._handles: List[Any] = []
         self._attached = False
         self._cls_module = spec.cls_probe(self._inner, {}) if saliency == "cls" else None
@@ -147,10 +192,9 @@ class PruneHandle:
         self._handles = []
         if getattr(self._inner, ATTRIBUTE, None) is self:
             delattr(self._inner, ATTRIBUTE)
-        self._call = None
-        self._run = None
+        state = self._thread   # other threads' state goes with them (or with the handle)
+        state.call = state.run = state.pending_request = None
         self._runs.clear()
-        self._pending_request = None
         self._requests.clear()
         self._attached = False
 
@@ -163,6 +207,16 @@ class PruneHandle:
 
     def __exit__(self, *exc) -> None:
         self.detach()
+
+    @property
+    def last_prefill(self) -> Optional[PrefillRecord]:
+        """The calling thread's last prefill (in a thread that has run none: the last prefill
+        of any thread); None before the first, or when the last one pruned nothing."""
+        mine = self._thread.last_prefill
+        return self._latest_prefill if mine is _NO_PREFILL_YET else mine
+
+    def _record_prefill(self, record: Optional[PrefillRecord]) -> None:
+        self._thread.last_prefill = self._latest_prefill = record
 
     @property
     def last(self) -> List[ImageRecord]:
@@ -220,7 +274,7 @@ class PruneHandle:
                 target = embed(torch.tensor(token_id, device=embed.weight.device)).to(embeds)
                 masks[media.name] = (embeds == target).all(-1)
         has_media = any(bool(mask.any()) for mask in masks.values())
-        self._call = _Call(
+        self._thread.call = _Call(
             inputs={name: kwargs.get(name)
                     for name in (*self._spec.call_inputs, *self._spec.mask_inputs,
                                  *(("attention_mask",) if self._spec.decoder_mask else ()))},
@@ -229,7 +283,7 @@ class PruneHandle:
         return None
 
     def _after_model(self, module, args, kwargs, output):
-        self._call = None
+        self._thread.call = None
         return None
 
     def _before_vision(self, module, args, kwargs):
@@ -237,26 +291,25 @@ class PruneHandle:
         # the model's inputs once it has encoded the images, yet layouts may need them.
         small = {name: value for name, value in kwargs.items()
                  if not isinstance(value, torch.Tensor) or value.numel() <= 4096}
-        self._run = _VisionRun(tower_kwargs=small)
+        self._thread.run = _VisionRun(tower_kwargs=small)
         return None
 
     def _after_vision(self, module, args, output):
-        run = self._run
+        state = self._thread
+        run = state.run
         if run is None:
             return None
         try:
             run.output = weakref.ref(output)
         except TypeError:  # a tuple (return_dict=False): nothing to file the records under
             return None
-        for key in [k for k, (ref, _) in self._runs.items() if ref() is None]:
-            del self._runs[key]
-        self._runs[id(output)] = (run.output, run)
-        if self._call is not None:
-            self._call.runs.append(run)
+        self._runs.put(output, run)
+        if state.call is not None:
+            state.call.runs.append(run)
         return None
 
     def _after_projector(self, module, args, output):
-        run = self._run
+        run = self._thread.run
         if run is None or run.fingerprint is not None or not isinstance(output, torch.Tensor):
             return None
         # A few fixed feature dimensions of every crop token: enough to confirm, exactly, which
@@ -267,7 +320,7 @@ class PruneHandle:
         return None
 
     def _before_cls_attention(self, module, args, kwargs):
-        run = self._run
+        run = self._thread.run
         if run is None:
             return None
         start = time.perf_counter()
@@ -278,7 +331,7 @@ class PruneHandle:
         return None
 
     def _before_decoder(self, module, args, kwargs):
-        call = self._call
+        call = self._thread.call
         embeds = kwargs.get("inputs_embeds")
         if call is None or embeds is None:
             return None  # not reached through the model's own forward: leave it alone
@@ -287,12 +340,13 @@ class PruneHandle:
         if past > 0:
             return self._decode_step(args, kwargs, cache, past, call)
         if not call.has_media:
-            self.last_prefill = None  # this prefill pruned nothing
+            self._record_prefill(None)  # this prefill pruned nothing
             return None
         return args, self._prefill(kwargs, call)
 
     def _after_decoder(self, module, args, kwargs, output):
-        request, self._pending_request = self._pending_request, None
+        state = self._thread
+        request, state.pending_request = state.pending_request, None
         if request is None:
             return None
         cache = _cache_of(kwargs)
@@ -301,9 +355,7 @@ class PruneHandle:
         if cache is None:
             cache = getattr(output, "past_key_values", None)
         if cache is not None:
-            for key in [k for k, (ref, _) in self._requests.items() if ref() is None]:
-                del self._requests[key]
-            self._requests[id(cache)] = (weakref.ref(cache), request)
+            self._requests.put(cache, request)
         return None
 
     # --- the two kinds of decoder call ----------------------------------------------------------
@@ -381,16 +433,15 @@ class PruneHandle:
         if self.saliency == "cls":
             seconds["cls"] = cls_seconds
         source = torch.where(compaction.padding, -1, compaction.source).detach()
-        self.last_prefill = PrefillRecord(
+        self._record_prefill(PrefillRecord(
             images=tuple(plan.records), seq_len_before=length, seq_len_after=compaction.length,
             source_positions=source.cpu().numpy(), seconds=seconds,
-        )
-        self._pending_request = _Request(mask, length, compaction.length, per_token)
+        ))
+        self._thread.pending_request = _Request(mask, length, compaction.length, per_token)
         return new
 
     def _decode_step(self, args, kwargs, cache, past: int, call: _Call):
-        entry = self._requests.get(id(cache))
-        request = entry[1] if entry is not None and entry[0]() is cache else None
+        request = self._requests.get(cache)
         if request is None:
             if call.has_media:
                 raise ValueError(
@@ -453,9 +504,7 @@ class PruneHandle:
         """The vision encoder's output object for ``media`` in this call, and its run."""
         encoded = (call.inputs.get("mm_encoder_outputs") or {}).get(media.encoder_key)
         if encoded is not None:
-            entry = self._runs.get(id(encoded))
-            run = entry[1] if entry is not None and entry[0]() is encoded else None
-            return encoded, run
+            return encoded, self._runs.get(encoded)
         if runs_in_call:
             # The encoder ran inside this forward: media consume the runs in table order (the
             # order in which the inner forwards encode them).

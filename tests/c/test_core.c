@@ -6,19 +6,36 @@
  * cases, the special cases (lambda 0 / 1, K = N, ties), an independent double-precision
  * reference (each pick within tolerance in gain of the best candidate at its step), independence
  * from thread count, batch composition and memory layout, float16 / bfloat16 input, and every
- * gp_status path.
+ * gp_status path. Robustness: sizes that overflow, calls from inside the caller's OpenMP region,
+ * huge thread counts, fork after OpenMP, the caller's flush-to-zero mode, exact ties between
+ * parallel rows, float32 accuracy on very long rows, and the interrupt callback.
  *
  * Prints one line per failed check and ends with exactly "N passed, M failed"; exit status is 1
  * on any failure.
  */
+#if defined(__unix__) || defined(__APPLE__)
+#define _POSIX_C_SOURCE 200809L /* fork, waitpid, alarm, pthread_self under -std=c99 */
+#include <pthread.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#define HAVE_POSIX 1
+#endif
 #include "greedyprune.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#ifdef __SSE2__
+#include <xmmintrin.h>
+#endif
 
 /* ---------------------------------------------------------------- harness */
 
@@ -315,7 +332,7 @@ static void test_meta(void)
           gp_version_number(), GP_VERSION_NUMBER);
     CHECK(GP_VERSION_NUMBER == GP_VERSION_MAJOR * 10000 + GP_VERSION_MINOR * 100 + GP_VERSION_PATCH,
           "GP_VERSION_NUMBER formula");
-    for (st = GP_OK; st <= GP_ENOMEM; st++) {
+    for (st = GP_OK; st <= GP_EINTERRUPTED; st++) {
         const char *msg = gp_strerror((gp_status)st);
         CHECK(msg != NULL && msg[0] != '\0', "gp_strerror(%d) is NULL or empty", st);
         CHECK(msg != NULL && strcmp(msg, gp_strerror((gp_status)99)) != 0,
@@ -1119,6 +1136,363 @@ static void test_extreme_magnitudes(void)
     }
 }
 
+/* ---------------------------------------------------------------- robustness */
+
+/* Views that repeat elements through zero strides can describe more rows, or longer rows, than
+ * any memory holds: every size must be refused, never wrap around. */
+static void test_size_overflow(void)
+{
+    static const float one = 1.0f;
+    int64_t out[4];
+    gp_view v, w;
+    /* Python's broadcast_to(zeros((1, 1)), ((3 * 2**61 + 1) // 7, 1)): N * 56 bytes wraps */
+    v = gp_contiguous(&one, GP_FLOAT32, 1, 1, 1);
+    v.rows = (3 * ((int64_t)1 << 61) + 1) / 7;
+    v.row_stride = 0;
+    CHECK(gp_greedy(&v, NULL, 1, 0.5, 1, out, NULL) == GP_ENOMEM, "broadcast rows (3*2^61+1)/7");
+    CHECK(gp_select(&v, NULL, 1, 0.5, 4, out) == GP_ENOMEM, "gp_select broadcast rows, 4 threads");
+    v.rows = INT64_MAX;
+    CHECK(gp_greedy(&v, NULL, 1, 0.5, 1, out, NULL) == GP_ENOMEM, "broadcast rows INT64_MAX");
+    /* K x D picked elements wrap: rows of 2^62 repeated elements */
+    v.rows = 2;
+    v.cols = (int64_t)1 << 62;
+    v.col_stride = 0;
+    CHECK(gp_greedy(&v, NULL, 2, 0.5, 1, out, NULL) == GP_ENOMEM, "broadcast cols 2^62");
+    CHECK(gp_greedy(&v, NULL, 2, 0.5, 4, out, NULL) == GP_ENOMEM, "broadcast cols 2^62, 4 threads");
+    /* elements farther apart than any address space: refused before anything is read */
+    v = gp_contiguous(&one, GP_FLOAT32, 1, 3, 1);
+    v.row_stride = INT64_MAX / 2;
+    CHECK(gp_greedy(&v, NULL, 1, 0.5, 1, out, NULL) == GP_EINVAL, "row stride INT64_MAX / 2");
+    v.row_stride = INT64_MIN;
+    CHECK(gp_greedy(&v, NULL, 1, 0.5, 1, out, NULL) == GP_EINVAL, "row stride INT64_MIN");
+    v = gp_contiguous(&one, GP_FLOAT64, 1, 1, 3);
+    v.col_stride = (int64_t)1 << 61; /* 2^62 elements of 8 bytes apart */
+    CHECK(gp_greedy(&v, NULL, 1, 0.5, 1, out, NULL) == GP_EINVAL, "col stride 2^61 (float64)");
+    v = gp_contiguous(&one, GP_FLOAT32, 1, 3, 1);
+    v.row_stride = 0;
+    w = v;
+    w.row_stride = -((int64_t)1 << 62);
+    CHECK(gp_greedy(&v, &w, 1, 0.5, 1, out, NULL) == GP_EINVAL, "saliency row stride -2^62");
+    /* B * K outputs of 8 bytes cannot exist */
+    v = gp_contiguous(&one, GP_FLOAT32, (int64_t)1 << 61, 1, 1);
+    v.batch_stride = 0;
+    CHECK(gp_greedy(&v, NULL, 1, 0.5, 1, out, NULL) == GP_EINVAL, "batch 2^61: 2^64 output bytes");
+    /* gp_contiguous of an array that cannot exist */
+    v = gp_contiguous(&one, GP_FLOAT32, 1, (int64_t)1 << 40, (int64_t)1 << 40);
+    CHECK(v.cols == 0 && gp_greedy(&v, NULL, 1, 0.5, 1, out, NULL) == GP_EINVAL,
+          "gp_contiguous 2^40 x 2^40");
+}
+
+/* Rows pointing the same or the opposite way are at distance exactly 0 or 1, so they tie exactly
+ * and the lowest index wins, in float64 and float32 alike. */
+static void test_parallel_rows_tie_exactly(void)
+{
+    /* D = 1, lam = 0.5: after pick 0 every distance is 0, and index 1 wins the tie */
+    static const double x1[3] = {1.4192704327512633, 0.11357618410652277, 0.16977419616931896};
+    static const gp_dtype dtypes[2] = {GP_FLOAT64, GP_FLOAT32};
+    int64_t order[24], want[24];
+    double gains[24];
+    int di, trial;
+    gp_status st = run_greedy(x1, NULL, GP_FLOAT64, 1, 3, 1, 2, 0.5, 1, order, gains);
+    CHECK(st == GP_OK && order[0] == 0 && order[1] == 1 && gains[0] == 0.5 && gains[1] == 0.0,
+          "D=1 example: order %ld %ld gains %.17g %.17g, want 0 1, 0.5 0", (long)order[0],
+          (long)order[1], gains[0], gains[1]);
+    /* Scaled copies of one row, factors of both signs and many magnitudes, lam = 0: pick 0, then
+     * the first row pointing the other way (distance 1), then the rest in index order (0). */
+    rng_seed(77);
+    for (di = 0; di < 2; di++)
+        for (trial = 0; trial < 40; trial++) {
+            enum { N = 24 };
+            int64_t d = trial % 2 ? 7 : 1, i, c, opposite = -1, next = 1;
+            double base[7], factor[N], x[N * 7];
+            for (c = 0; c < d; c++) base[c] = rng_uniform();
+            for (i = 0; i < N; i++) {
+                double u = rng_uniform();
+                factor[i] = (u < 0 ? u - 0.01 : u + 0.01) * exp(3.0 * rng_uniform());
+                for (c = 0; c < d; c++) x[i * d + c] = factor[i] * base[c];
+                if (opposite < 0 && (factor[i] < 0) != (factor[0] < 0)) opposite = i;
+            }
+            want[0] = 0;
+            if (opposite > 0) want[next++] = opposite;
+            for (i = 1; i < N; i++)
+                if (i != opposite) want[next++] = i;
+            st = run_greedy(x, NULL, dtypes[di], 1, N, d, N, 0.0, 1, order, gains);
+            for (i = 0; i < N; i++)
+                if (order[i] != want[i] ||
+                    gains[i] != (i == 0 || (i == 1 && opposite > 0) ? 1.0 : 0.0))
+                    break;
+            CHECK(st == GP_OK && i == N,
+                  "scaled copies dtype %d D=%ld trial %d: step %ld picked %ld (gain %.17g), want %ld",
+                  (int)dtypes[di], (long)d, trial, (long)i, i < N ? (long)order[i] : -1L,
+                  i < N ? gains[i] : 0.0, i < N ? (long)want[i] : -1L);
+        }
+}
+
+/* float32 sums must not lose accuracy with D (SPEC.md §2: each pick within 1e-4 in gain). Rows of
+ * 32 large entries and 2^20 small ones: in one float accumulator per lane, the small products
+ * would vanish next to the large ones and the norms come out 2e-4 short. */
+static void test_long_rows_float32(void)
+{
+    enum { N = 5, K = 5 };
+    const int64_t d = (int64_t)1 << 20;
+    double *x = (double *)xmalloc((size_t)(N * d) * sizeof(double));
+    int64_t order[K], i;
+    double gains[K];
+    gp_status st;
+    rng_seed(5);
+    for (i = 0; i < N * d; i++)
+        x[i] = i % d < 32 ? 100.0 * (1.0 + 0.001 * rng_uniform()) : 0.02 * rng_uniform();
+    st = run_greedy(x, NULL, GP_FLOAT32, 1, N, d, K, 0.0, 1, order, gains);
+    CHECK(st == GP_OK && reference_ok("long float32 rows", x, NULL, N, d, K, 0.0, order, gains,
+                                      1e-4),
+          "float32 rows of 2^20 elements: not within 1e-4 of the reference");
+    free(x);
+}
+
+#ifdef __SSE2__
+/* The caller's flush-to-zero / denormals-are-zero mode (set on its thread only) must change
+ * nothing: rows of subnormal floats are real directions, on every thread. */
+static void test_caller_fp_mode(void)
+{
+    enum { B = 8, N = 40, D = 16, K = 12 };
+    static const int threads[3] = {1, 2, 4};
+    double *x = random_matrix((int64_t)B * N * D);
+    int64_t *want = (int64_t *)xmalloc(sizeof(int64_t) * B * K);
+    int64_t *order = (int64_t *)xmalloc(sizeof(int64_t) * B * K);
+    double *want_g = (double *)xmalloc(sizeof(double) * B * K);
+    double *gains = (double *)xmalloc(sizeof(double) * B * K);
+    unsigned int mode = _mm_getcsr();
+    void *xa;
+    gp_view xv;
+    int64_t i;
+    int t;
+    for (i = 0; i < (int64_t)B * N; i += 2) { /* every other row: subnormal in float32 */
+        int64_t c;
+        for (c = 0; c < D; c++) x[i * D + c] *= 1e-39;
+    }
+    xv = contiguous_copy(x, GP_FLOAT32, B, N, D, &xa);
+    CHECK(gp_greedy(&xv, NULL, K, 0.3, 1, want, want_g) == GP_OK, "fp mode: baseline");
+    for (t = 0; t < 3; t++) {
+        gp_status st;
+        unsigned int after;
+        _mm_setcsr(mode | 0x8040u); /* flush-to-zero and denormals-are-zero, this thread only */
+        st = gp_greedy(&xv, NULL, K, 0.3, threads[t], order, gains);
+        after = _mm_getcsr();
+        _mm_setcsr(mode);
+        CHECK(st == GP_OK && same_i64(order, want, B * K) && same_f64(gains, want_g, B * K),
+              "flush-to-zero on the caller's thread changes the answer at %d threads", threads[t]);
+        CHECK((after & ~0x3fu) == ((mode | 0x8040u) & ~0x3fu),
+              "the caller's floating-point mode was not restored (%#x)", after);
+    }
+    free(x);
+    free(xa);
+    free(want);
+    free(order);
+    free(want_g);
+    free(gains);
+}
+#endif
+
+/* gp_options.interrupt: called only from the calling thread; a nonzero answer stops the call. */
+typedef struct interrupt_probe {
+    int calls, stop_at, foreign_calls;
+#ifdef HAVE_POSIX
+    pthread_t caller;
+#endif
+} interrupt_probe;
+
+static int probe_interrupt(void *context)
+{
+    interrupt_probe *p = (interrupt_probe *)context;
+#ifdef HAVE_POSIX
+    if (!pthread_equal(pthread_self(), p->caller)) {
+        p->foreign_calls++;
+        return 0;
+    }
+#endif
+    return ++p->calls >= p->stop_at;
+}
+
+static gp_status run_probed(const gp_view *xv, int64_t k, double lam, int threads, int stop_at,
+                            interrupt_probe *probe, int64_t *order, double *gains)
+{
+    gp_options options;
+    memset(&options, 0, sizeof options);
+    memset(probe, 0, sizeof *probe);
+    probe->stop_at = stop_at;
+#ifdef HAVE_POSIX
+    probe->caller = pthread_self();
+#endif
+    options.num_threads = threads;
+    options.interrupt = probe_interrupt;
+    options.interrupt_context = probe;
+    return gp_greedy_with(xv, NULL, k, lam, &options, order, gains);
+}
+
+static void test_interrupt(void)
+{
+    static const float row[16] = {1, -2, 3, 0, 5, 1, 1, 2, -1, 0, 0, 4, 2, 2, -3, 1};
+    enum { B = 4, N = 3000, D = 64, K = 3000 };
+    int64_t order[B * 4], want[B * 4], *o1 = (int64_t *)xmalloc(sizeof(int64_t) * K);
+    int64_t *o2 = (int64_t *)xmalloc(sizeof(int64_t) * K);
+    double gains[B * 4], want_g[B * 4];
+    interrupt_probe probe;
+    gp_view v = gp_contiguous(row, GP_FLOAT32, 1, (int64_t)1 << 20, 16), xv;
+    double *x;
+    void *xa;
+    gp_status st;
+    /* One image of 2^24 elements (a broadcast row): polled in the pass over the features. */
+    v.row_stride = 0;
+    CHECK(gp_greedy(&v, NULL, 4, 0.5, 2, want, want_g) == GP_OK, "interrupt: baseline");
+    st = run_probed(&v, 4, 0.5, 2, INT_MAX, &probe, order, gains);
+    CHECK(st == GP_OK && probe.calls >= 1 && probe.foreign_calls == 0 &&
+              same_i64(order, want, 4) && same_f64(gains, want_g, 4),
+          "interrupt never asked: status %d, %d calls, %d from other threads", (int)st,
+          probe.calls, probe.foreign_calls);
+    st = run_probed(&v, 4, 0.5, 2, 1, &probe, order, gains);
+    CHECK(st == GP_EINTERRUPTED && probe.calls == 1, "interrupt in the first pass: %d, %d calls",
+          (int)st, probe.calls);
+    /* Images in parallel: only the calling thread asks, and every thread stops. */
+    v.batch = B;
+    v.batch_stride = 0;
+    CHECK(gp_greedy(&v, NULL, 4, 0.5, 2, want, want_g) == GP_OK, "interrupt: batch baseline");
+    st = run_probed(&v, 4, 0.5, 2, INT_MAX, &probe, order, gains);
+    CHECK(st == GP_OK && probe.calls >= 1 && probe.foreign_calls == 0 &&
+              same_i64(order, want, B * 4) && same_f64(gains, want_g, B * 4),
+          "batch, interrupt never asked: status %d, %d calls, %d from other threads", (int)st,
+          probe.calls, probe.foreign_calls);
+    st = run_probed(&v, 4, 0.5, 2, 1, &probe, order, gains);
+    CHECK(st == GP_EINTERRUPTED && probe.foreign_calls == 0, "batch interrupt: status %d", (int)st);
+    /* Between greedy steps: farthest-point sampling of every token. */
+    rng_seed(8);
+    x = random_matrix((int64_t)N * D);
+    xv = contiguous_copy(x, GP_FLOAT32, 1, N, D, &xa);
+    st = run_probed(&xv, K, 0.0, 1, INT_MAX, &probe, o1, NULL);
+    CHECK(st == GP_OK && probe.calls >= 3 && gp_greedy(&xv, NULL, K, 0.0, 1, o2, NULL) == GP_OK &&
+              same_i64(o1, o2, K),
+          "steps, interrupt never asked: status %d, %d calls", (int)st, probe.calls);
+    st = run_probed(&xv, K, 0.0, 1, 3, &probe, o1, NULL);
+    CHECK(st == GP_EINTERRUPTED && probe.calls == 3, "interrupt between steps: %d, %d calls",
+          (int)st, probe.calls);
+    CHECK(gp_select_with(&xv, NULL, 5, 0.5, NULL, o1) == GP_OK &&
+              gp_select(&xv, NULL, 5, 0.5, 0, o2) == GP_OK && same_i64(o1, o2, 5),
+          "gp_select_with(options NULL) differs from gp_select");
+    free(x);
+    free(xa);
+    free(o1);
+    free(o2);
+}
+
+#ifdef _OPENMP
+/* One image per caller thread from inside the caller's own parallel region, on rows that go
+ * through the scratch row (float16) and are large enough to share (N * D = 2^22). */
+static void test_nested_parallel(void)
+{
+    enum { N = 4096, D = 1024, K = 6 };
+    double *x = random_matrix((int64_t)N * D);
+    void *xa;
+    gp_view xv = contiguous_copy(x, GP_FLOAT16, 1, N, D, &xa);
+    int64_t want[K];
+    double want_g[K];
+    int wrong = 0;
+    CHECK(gp_greedy(&xv, NULL, K, 0.0, 2, want, want_g) == GP_OK, "nested: baseline");
+#pragma omp parallel num_threads(3) reduction(+ : wrong)
+    {
+        int64_t order[K];
+        double gains[K];
+        gp_status st = gp_greedy(&xv, NULL, K, 0.0, 2, order, gains);
+        wrong += st != GP_OK || !same_i64(order, want, K) || !same_f64(gains, want_g, K);
+    }
+    CHECK(wrong == 0, "nested: %d of 3 calls from inside a parallel region differ", wrong);
+    free(x);
+    free(xa);
+}
+
+#ifdef __linux__
+static long process_threads(void)
+{
+    char line[256];
+    long threads = -1;
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f == NULL) return -1;
+    while (fgets(line, sizeof line, f) != NULL)
+        if (strncmp(line, "Threads:", 8) == 0) threads = strtol(line + 8, NULL, 10);
+    fclose(f);
+    return threads;
+}
+#endif
+
+/* num_threads = INT_MAX is legal: the team is the CPUs available, no more. */
+static void test_thread_cap(void)
+{
+    enum { B = 96, N = 5, D = 3, K = 2 };
+    double *x = random_matrix((int64_t)B * N * D);
+    int64_t want[B * K], order[B * K];
+    double want_g[B * K], gains[B * K];
+    int procs = omp_get_num_procs(), previous = omp_get_max_threads();
+    void *xa;
+    gp_view xv = contiguous_copy(x, GP_FLOAT32, B, N, D, &xa);
+    gp_status st;
+#ifdef __linux__
+    long before = process_threads(), after;
+#endif
+    CHECK(gp_greedy(&xv, NULL, K, 0.5, 1, want, want_g) == GP_OK, "thread cap: baseline");
+    st = gp_greedy(&xv, NULL, K, 0.5, INT_MAX, order, gains);
+    CHECK(st == GP_OK && same_i64(order, want, B * K) && same_f64(gains, want_g, B * K),
+          "num_threads INT_MAX: status %d or a different answer", (int)st);
+#ifdef __linux__
+    after = process_threads();
+    CHECK(after - before <= procs - 1, "num_threads INT_MAX started %ld threads on %d CPUs",
+          after - before, procs);
+#endif
+    omp_set_num_threads(100000); /* the default: OMP_NUM_THREADS=100000, say */
+    st = gp_greedy(&xv, NULL, K, 0.5, 0, order, gains);
+    omp_set_num_threads(previous);
+    CHECK(st == GP_OK && same_i64(order, want, B * K), "default of 100000 threads: status %d",
+          (int)st);
+#ifdef __linux__
+    after = process_threads();
+    CHECK(after - before <= procs - 1, "a default of 100000 threads started %ld on %d CPUs",
+          after - before, procs);
+#endif
+    free(x);
+    free(xa);
+}
+
+#ifdef HAVE_POSIX
+/* A child forked after the parent ran a team must not wait for the parent's threads. */
+static void test_fork(void)
+{
+    enum { B = 4, N = 50, D = 8, K = 5 };
+    double *x = random_matrix((int64_t)B * N * D);
+    int64_t want[B * K];
+    double want_g[B * K];
+    void *xa;
+    gp_view xv = contiguous_copy(x, GP_FLOAT32, B, N, D, &xa);
+    pid_t pid;
+    int status = 0;
+    CHECK(gp_greedy(&xv, NULL, K, 0.5, 2, want, want_g) == GP_OK, "fork: parent");
+    fflush(stdout);
+    fflush(stderr);
+    pid = fork();
+    if (pid == 0) {
+        int64_t order[B * K];
+        double gains[B * K];
+        gp_status st;
+        alarm(30); /* a hang ends the child with SIGALRM */
+        st = gp_greedy(&xv, NULL, K, 0.5, 2, order, gains);
+        _exit(st == GP_OK && same_i64(order, want, B * K) && same_f64(gains, want_g, B * K) ? 0
+                                                                                          : 3);
+    }
+    if (pid > 0 && waitpid(pid, &status, 0) != pid) status = -1;
+    CHECK(pid > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "fork: the child failed or hung (wait status %#x)", status);
+    free(x);
+    free(xa);
+}
+#endif
+#endif /* _OPENMP */
+
 int main(void)
 {
     rng_seed(1);
@@ -1133,6 +1507,20 @@ int main(void)
     test_errors();
     test_large();
     test_extreme_magnitudes();
+    test_size_overflow();
+    test_parallel_rows_tie_exactly();
+    test_long_rows_float32();
+#ifdef __SSE2__
+    test_caller_fp_mode();
+#endif
+    test_interrupt();
+#ifdef _OPENMP
+    test_thread_cap();
+    test_nested_parallel();
+#ifdef HAVE_POSIX
+    test_fork();
+#endif
+#endif
     printf("%d passed, %d failed\n", g_passed, g_failed);
     fflush(stdout); /* LeakSanitizer reports at exit, before stdio would flush */
     return g_failed == 0 ? 0 : 1;
