@@ -113,10 +113,8 @@ def _run(features, k, saliency, lam, num_threads, sort):
     x = _as_array(features, "features")
     s = None
     if saliency is not None:
-        if _is_tensor(saliency):  # NumPy has no bfloat16: widen it (exactly) to float32
-            saliency = _validate.readable_tensor(saliency, "saliency").cpu()
-            bfloat16 = sys.modules["torch"].bfloat16
-            saliency = (saliency.float() if saliency.dtype == bfloat16 else saliency).numpy()
+        if _is_tensor(saliency):
+            saliency = _validate.tensor_to_numpy(_validate.readable_tensor(saliency, "saliency"))
         s = _as_array(saliency, "saliency")
     k, lam, num_threads = _validate.check_call(
         x.shape, x.dtype, k, lam, num_threads,

@@ -53,6 +53,19 @@ def stored(values):
     return values[tuple(slice(0, 1) if stride == 0 else slice(None) for stride in strides)]
 
 
+def tensor_to_numpy(tensor) -> np.ndarray:
+    """A tensor's values as a NumPy array on the CPU, bfloat16 widened (exactly) to float32, as
+    NumPy has no bfloat16. Each stored value is converted once: a broadcast tensor stays a
+    broadcast (read-only) view instead of growing to its full size."""
+    import torch  # a tensor reached us: torch is imported already
+
+    values = stored(tensor)
+    if values.dtype not in (torch.float32, torch.float64, torch.float16):
+        values = values.float()
+    array = values.cpu().numpy()
+    return array if array.shape == tuple(tensor.shape) else np.broadcast_to(array, tensor.shape)
+
+
 def dtype_name(dtype) -> str:
     """``'float32'`` for ``np.float32``, ``np.dtype('f4')`` and ``torch.float32`` alike."""
     name = getattr(dtype, "name", None) or str(dtype)

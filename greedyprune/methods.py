@@ -471,9 +471,9 @@ def _prepare(features, k, saliency, lam, seed) -> Tuple[np.ndarray, Optional[np.
         None if saliency is None else saliency.shape, None if saliency is None else saliency.dtype,
     )
     seed = _check_seed(seed)
-    x = _tensor_to_numpy(x) if is_tensor(x) else x
+    x = _validate.tensor_to_numpy(x) if is_tensor(x) else x
     if is_tensor(saliency):
-        saliency = _tensor_to_numpy(saliency)
+        saliency = _validate.tensor_to_numpy(saliency)
     if saliency is not None and not np.isfinite(saliency).all():
         raise _validate.nonfinite_error("saliency")
     if not np.isfinite(x).all():
@@ -494,14 +494,6 @@ def _prepare(features, k, saliency, lam, seed) -> Tuple[np.ndarray, Optional[np.
         return torch.from_numpy(kept).to(device)
 
     return x, s, k, lam, seed, restore
-
-
-def _tensor_to_numpy(t) -> np.ndarray:
-    import torch
-
-    if t.dtype not in (torch.float32, torch.float64, torch.float16):
-        t = t.float()  # bfloat16 has no NumPy dtype; the core computes it in float32 anyway
-    return t.cpu().numpy()
 
 
 def _check_seed(seed) -> int:

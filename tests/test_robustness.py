@@ -179,3 +179,19 @@ def test_rows_pointing_the_same_way_tie_exactly_as_in_the_reference():
             want_order, want_gains = reference.greedy(x.astype(dtype), k, s, lam)
             np.testing.assert_array_equal(order, want_order, err_msg=f"trial {trial} {dtype}")
             np.testing.assert_allclose(gains, want_gains, rtol=0, atol=1e-15)
+
+
+def test_every_method_converts_a_broadcast_tensor_without_materializing_it():
+    """bfloat16 reaches NumPy as float32 one stored value at a time: a broadcast of 2**40 rows
+    ends in MemoryError (or a method's own refusal), never in torch's allocator error."""
+    torch = pytest.importorskip("torch")
+    from greedyprune import methods
+
+    features = torch.ones(1, 1, dtype=torch.bfloat16).expand(2**40, 1)
+    saliency = torch.ones(1, dtype=torch.bfloat16).expand(2**40)
+    for name in methods.names():
+        with pytest.raises(MemoryError):
+            methods.get(name)(features, 1, saliency)
+    small = torch.arange(3, dtype=torch.bfloat16)[:, None].expand(3, 2)
+    kept = methods.get("divprune")(small, 2)
+    assert kept.tolist() == methods.get("divprune")(small.float().contiguous(), 2).tolist()
