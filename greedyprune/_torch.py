@@ -11,9 +11,21 @@ from __future__ import annotations
 import torch
 
 from ._validate import nonfinite_error
+from .reference import COSINE_SNAP
 
 #: Elements widened at once when streaming over the features.
 CHUNK_ELEMENTS = 1 << 22
+#: The C core's snap of float32 cosines to ±1 (``GP_COSINE_SNAP_F32``; float64 uses the
+#: reference's :data:`~greedyprune.reference.COSINE_SNAP`, ``GP_COSINE_SNAP_F64``).
+COSINE_SNAP_F32 = 2.0**-16
+
+
+def _snapped(cosine: torch.Tensor, snap: float) -> torch.Tensor:
+    """Cosines within ``snap`` of ±1 taken as exactly ±1, as in the C core and the reference:
+    rows pointing the same or the opposite way tie exactly."""
+    one = torch.ones_like(cosine)
+    cosine = torch.where(cosine >= 1.0 - snap, one, cosine)
+    return torch.where(cosine <= snap - 1.0, -one, cosine)
 
 
 def _chunks(n: int, b: int, d: int):
@@ -55,6 +67,7 @@ def greedy(features: torch.Tensor, k: int, saliency: torch.Tensor | None, lam: f
     else:
         shat = _normalized_saliency(saliency.reshape(b, n))
 
+    snap = COSINE_SNAP if compute == torch.float64 else COSINE_SNAP_F32
     rows = torch.arange(b, device=x.device)
     m = torch.ones(b, n, dtype=torch.float64, device=x.device)  # m(i | ∅) = 1
     taken = torch.zeros(b, n, dtype=torch.bool, device=x.device)
@@ -72,7 +85,7 @@ def greedy(features: torch.Tensor, k: int, saliency: torch.Tensor | None, lam: f
         dots = torch.cat(
             [torch.bmm(x[:, lo:hi].to(compute), unit[:, :, None])[:, :, 0] for lo, hi in chunks], 1
         )
-        m = torch.minimum(m, (1.0 - dots.double() * inv_norm) / 2.0)
+        m = torch.minimum(m, (1.0 - _snapped(dots.double() * inv_norm, snap)) / 2.0)
     if features.dim() == 2:
         return order[0], gains[0]
     return order, gains
