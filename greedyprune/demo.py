@@ -179,13 +179,13 @@ def run(model, processor, *, image: Any = None, question: str = DEFAULT_QUESTION
 
     from . import methods as registry
     from .evaluate import HFAnswerer, device_synchronizer
-    from .hf import DEFAULT_LAM, attach
+    from .hf import attach
     from .viz import draw_record
 
-    lam = DEFAULT_LAM if lam is None else lam
     image = sample_image_path() if image is None else image
     answerer = HFAnswerer(model, processor, max_new_tokens=max_new_tokens, prompt="{question}",
                           lam=lam, saliency=saliency)
+    lam = answerer.attach_options["lam"]
     inputs = answerer.inputs(image, question)
     sequence_before = int(inputs["input_ids"].shape[1])
 

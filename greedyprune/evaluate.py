@@ -259,6 +259,10 @@ class HFAnswerer:
         self.processor = processor
         self.max_new_tokens = int(max_new_tokens)
         self.prompt = prompt
+        if lam is None:  # attach's default, spelled out so that reprs and reports show it
+            from .hf import DEFAULT_LAM
+
+            lam = DEFAULT_LAM
         self.attach_options = dict(lam=lam, saliency=saliency, seed=seed)
         self.last: tuple = ()
 

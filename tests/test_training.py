@@ -82,7 +82,7 @@ def test_where_to_look_is_the_models_own_attention(script):
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(builtin.config()).eval()
     model.set_attn_implementation("eager")
-    images, tok, _, _, looks, _ = script.batch(processor, 5, args)
+    images, tok, _, looks, _ = script.batch(processor, 5, args)
     layer = model.model.language_model.layers[args.attention_layer].self_attn
     captured = {}
 
@@ -94,7 +94,8 @@ def test_where_to_look_is_the_models_own_attention(script):
         out = model(pixel_values=script.pixels(images), **tok, output_attentions=True)
         vocab = processor.tokenizer.get_vocab()
         marker = (vocab["assistant"], vocab[":"])
-        loss = script.attention_loss(captured, layer, tok["input_ids"], marker, looks,
+        answers = script.answer_positions(tok["input_ids"], marker)
+        loss = script.attention_loss(captured, layer, tok["input_ids"], answers, looks,
                                      vocab["<image>"])
     hook.remove()
     attention = out.attentions[args.attention_layer]          # (B, heads, T, T)

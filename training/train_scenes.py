@@ -128,7 +128,7 @@ def batch(processor, step: int, args):
     """The batch of a step: conversations with their answers, and patch targets."""
     rng = np.random.default_rng([args.seed, TRAIN_KEY, step])
     objects = (1, 3) if step < args.easy_steps else (2, 6)
-    images, texts, labels, categories, looks, compares = [], [], [], [], [], []
+    images, texts, labels, looks, compares = [], [], [], [], []
     for i in range(args.batch):
         category = scenes.CATEGORIES[int(rng.integers(len(scenes.CATEGORIES)))]
         scene, question, answer = scenes.generate(rng, category, objects)
@@ -145,11 +145,10 @@ def batch(processor, step: int, args):
         images.append(scenes.render(scene))
         texts.append(processor.apply_chat_template(conversation))
         labels.append(scenes.patch_labels(scene))
-        categories.append(category)
     tok = processor.tokenizer(texts, padding=True, padding_side="right", return_tensors="pt")
     tok["input_ids"] = expand_images(processor, tok["input_ids"])
     tok["attention_mask"] = (tok["input_ids"] != processor.tokenizer.pad_token_id).long()
-    return images, tok, labels, categories, looks, compares
+    return images, tok, labels, looks, compares
 
 
 def in_order(question):
@@ -196,13 +195,21 @@ def expand_images(processor, ids: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
-def answer_loss(logits, input_ids, marker):
-    """Cross-entropy of every answer word and its ``</s>``: the two tokens after each
-    ``assistant :``. Also whether each first answer's word is the top prediction."""
+def answer_positions(input_ids, marker):
+    """(rows, positions) of every answer's ``:`` (of ``assistant :``), in conversation order:
+    the positions whose outputs predict the answer words."""
     assistant, colon = marker
     starts = (input_ids[:, :-3] == assistant) & (input_ids[:, 1:-2] == colon)
     rows, at = starts.nonzero(as_tuple=True)
-    at = at + 2                                               # the answer word
+    return rows, at + 1
+
+
+def answer_loss(logits, input_ids, answers):
+    """Cross-entropy of every answer word and its ``</s>``: the two tokens after each
+    ``assistant :`` (``answers``: :func:`answer_positions`). Also whether each first answer's
+    word is the top prediction."""
+    rows, at = answers
+    at = at + 1                                               # the answer word
     targets = torch.stack([input_ids[rows, at], input_ids[rows, at + 1]], 1)
     scores = torch.stack([logits[rows, at - 1], logits[rows, at]], 1)
     loss = torch.nn.functional.cross_entropy(scores.flatten(0, 1).float(), targets.flatten())
@@ -252,7 +259,7 @@ def aux_loss(head, words, features, labels, device):
     return total + excess, accuracy
 
 
-def attention_loss(captured, attention, input_ids, marker, looks, image_id):
+def attention_loss(captured, attention, input_ids, answers, looks, image_id):
     """-log of the attention two heads of one decoder layer pay, from the position that
     predicts each answer, to the patches of the objects the question is about (head 0: the
     first object, head 1: the second), or to anything but the image when there is nothing to
@@ -261,10 +268,7 @@ def attention_loss(captured, attention, input_ids, marker, looks, image_id):
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     hidden, (cos, sin) = captured["hidden"], captured["rope"]
-    assistant, colon = marker
-    starts = (input_ids[:, :-3] == assistant) & (input_ids[:, 1:-2] == colon)
-    rows, at = starts.nonzero(as_tuple=True)
-    at = at + 1                                      # the ':' whose output is the answer word
+    rows, at = answers
     b, t, _ = hidden.shape
     d = attention.head_dim
     q = attention.q_proj(hidden).view(b, t, -1, d)[:, :, :2].transpose(1, 2)
@@ -287,18 +291,16 @@ def attention_loss(captured, attention, input_ids, marker, looks, image_id):
     return torch.stack(losses).mean()
 
 
-def compare_loss(head, hidden, input_ids, marker, compares, relation=None):
+def compare_loss(head, hidden, answers, compares, relation=None):
     """Cross-entropy of where the first object of a spatial question lies from the second
     (:func:`comparison`), read by a linear head from the residual stream at the position that
     predicts the answer, after the supervised attention layer; and, given a ``relation`` head,
     of the relation asked, read from the same place (an answer is then one product away)."""
-    assistant, colon = marker
-    starts = (input_ids[:, :-3] == assistant) & (input_ids[:, 1:-2] == colon)
-    rows, at = starts.nonzero(as_tuple=True)
+    rows, at = answers
     chosen = [n for n, c in enumerate(compares) if c is not None]
     if not chosen:
         return hidden.new_zeros(())
-    x = hidden[rows[chosen], at[chosen] + 1].float()
+    x = hidden[rows[chosen], at[chosen]].float()
     x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
     scores = head(x).view(len(chosen), 2, 3)
     targets = torch.as_tensor([compares[n] for n in chosen], device=hidden.device)
@@ -395,21 +397,22 @@ def main(argv=None):
     began = time.time()
     seconds_before = log[-1]["seconds"] if log else 0.0
     for step in range(start, args.steps):
-        images, tok, labels, _, looks, compares = batch(processor, step, args)
+        images, tok, labels, looks, compares = batch(processor, step, args)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args)
         inputs = {k: v.to(device) for k, v in tok.items()}
         logits = model(pixel_values=pixels(images).to(device), **inputs).logits
-        loss_a, correct = answer_loss(logits, inputs["input_ids"], marker)
+        answers = answer_positions(inputs["input_ids"], marker)
+        loss_a, correct = answer_loss(logits, inputs["input_ids"], answers)
         embedding = model.get_input_embeddings().weight
         words = {k: embedding[v] for k, v in word_ids.items()}
         loss_x, aux_acc = aux_loss(head, words, features["x"], labels, device)
-        loss_l = attention_loss(features, attention, inputs["input_ids"], marker, looks,
+        loss_l = attention_loss(features, attention, inputs["input_ids"], answers, looks,
                                 image_id)
         loss = loss_a + loss_x + args.attention_weight * loss_l
         if step >= args.compare_from:
-            loss_c = compare_loss(compare, features["after"], inputs["input_ids"], marker,
-                                  compares, relation if step >= args.relation_from else None)
+            loss_c = compare_loss(compare, features["after"], answers, compares,
+                                  relation if step >= args.relation_from else None)
             loss = loss + loss_c
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
