@@ -80,12 +80,26 @@ What happens (SPEC.md §5):
   (view 1) and the global image (view 0). Prompts without that layout get one budget per crop.
 - No [CLS] token in the SigLIP towers of Gemma 3, LLaVA-OneVision and Idefics3 / SmolVLM:
   ``saliency="cls"`` is refused there, naming "text" and "none".
-- Refused with a clear error rather than answered wrongly: static or compilable caches,
-  ``torch.compile``, several new tokens on a pruned cache (assisted decoding, prompt lookup,
-  chunked prefill, continuing from a pruned ``past_key_values``), images in a call that
-  continues from a cache, prepared 4-D masks, ``labels`` (the logits cover the pruned
-  sequence; ``handle.last_prefill.source_positions`` maps them back).
-- Without a cache (``use_cache=False``) every forward is a prefill and is pruned afresh.
+- A budget that keeps every token of every image (``keep`` at least each image's count,
+  ``keep_ratio=1``) changes nothing: the call runs exactly as without the hooks (same shapes,
+  masks and cache; ``handle.last`` still describes the images). Pruning otherwise keeps each
+  row's valid tokens: padding and masked tokens (placeholders included, which are then not
+  candidates) are dropped, and rows are re-left-padded to the longest.
+- Refused with a clear error rather than answered wrongly, and only when images really lose
+  tokens: static or compilable caches, ``torch.compile``, several new tokens on a pruned cache
+  (assisted decoding, prompt lookup, chunked prefill, continuing from a pruned
+  ``past_key_values``), images in a call that continues from a cache, prepared 4-D masks,
+  ``labels`` (the logits cover the pruned sequence; ``handle.last_prefill.source_positions``
+  maps them back), packed rows on Gemma 3, and a model attached as the inner module of a head
+  other than ``...ForConditionalGeneration`` (such as ``Gemma3ForSequenceClassification``,
+  which pools at positions of the unpruned sequence; ``attach`` refuses the head itself).
+- Packed rows (several sequences per row: ``position_ids`` restarting, no ``attention_mask``,
+  no cache) stay apart after pruning: the decoder gets a 4-D mask of the kept tokens'
+  sequences, since transformers infers sequences from unbroken position ids.
+- Without a cache (``use_cache=False``) every forward is a prefill and is pruned afresh. When
+  such a call extends the previous ``use_cache=False`` call's ``input_ids`` (as
+  ``generate(use_cache=False)`` does at every step), text and query saliency read the previous
+  call's tokens only, so the kept set, and the answer, are those of ``use_cache=True``.
 - Threads: several threads may run ``generate()`` (or forward) on one attached model at once;
   each call keeps its own state and is pruned exactly as it would be alone. ``handle.last`` and
   ``handle.last_prefill`` are those of the calling thread's last prefill (in a thread that has

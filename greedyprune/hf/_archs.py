@@ -60,7 +60,6 @@ is called with keyword arguments only.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from operator import attrgetter
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -488,14 +487,16 @@ def _even_counts(ctx: "UnitsContext", per_unit: int, what: str) -> List[int]:
 
 
 def gemma3_units(ctx: "UnitsContext") -> List[UnitLayout]:
-    """Gemma 3: every image is ``mm_tokens_per_image`` tokens, the SigLIP patches
-    average-pooled to a ``s × s`` raster (s² = mm_tokens_per_image), all of them candidates.
-    The ``<start_of_image>`` and ``<end_of_image>`` tokens around the run are text to the
-    model, and so to the hooks."""
-    per_image = int(ctx.inner.config.mm_tokens_per_image)
-    side = math.isqrt(per_image)
-    return [UnitLayout(n, grid=_cell_grid(side, n) if side * side == n else None)
-            for n in _even_counts(ctx, per_image, "image")]
+    """Gemma 3: every image is an ``s × s`` raster of tokens, the SigLIP patches average-pooled,
+    all of them candidates. ``s`` is what the projector emits: its ``patches_per_image``
+    pooled by its ``kernel_size`` (``config.mm_tokens_per_image`` is only the target; a
+    non-square value or a patch count it does not divide gives another count). The
+    ``<start_of_image>`` and ``<end_of_image>`` tokens around the run are text to the model,
+    and so to the hooks."""
+    projector = ctx.inner.multi_modal_projector
+    side = int(projector.patches_per_image) // int(projector.kernel_size)
+    return [UnitLayout(n, grid=_cell_grid(side, n))
+            for n in _even_counts(ctx, side * side, "image")]
 
 
 def gemma3_decoder_mask(inner, mask, kwargs, per_token):
@@ -914,7 +915,19 @@ def find(model) -> Tuple[ArchSpec, bool]:
                 return spec, True
             if cls.__name__ in spec.inner_classes:
                 return spec, False
+    name = type(model).__name__
+    for child in getattr(model, "children", lambda: ())():
+        try:
+            spec, is_top = find(child)
+        except TypeError:
+            continue
+        if not is_top:
+            raise TypeError(
+                f"greedyprune.hf.attach does not support {name}: it wraps "
+                f"{type(child).__name__}, whose visual tokens greedyprune.hf can prune, but "
+                f"its head reads the model's outputs at positions of the unpruned sequence; "
+                f"supported: {' or '.join(spec.classes)}")
     raise TypeError(
-        f"greedyprune.hf.attach does not support {type(model).__name__}; supported models: "
+        f"greedyprune.hf.attach does not support {name}; supported models: "
         f"{', '.join(supported_classes())}"
     )

@@ -24,6 +24,7 @@ Hooks, all PyTorch handles (nothing in the model is replaced or edited):
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import weakref
@@ -67,6 +68,10 @@ class _Call:
     inputs: Dict[str, Any]
     placeholder_masks: Dict[str, torch.Tensor]
     has_media: bool
+    input_ids: Optional[torch.Tensor] = None
+    labels: bool = False      # the top-level model was given labels
+    other_feature_layer: Any = None  # a vision_feature_layer other than the configured one
+    head: Any = None          # attached to the inner model: the module calling it, if any
     runs: List[_VisionRun] = field(default_factory=list)  # vision runs inside this call
 
 
@@ -93,6 +98,8 @@ class _ThreadState(threading.local):
         self.run: Optional[_VisionRun] = None     # the latest vision run (the projector follows it)
         self.pending_request: Optional[_Request] = None   # from the prefill to the decoder's end
         self.last_prefill: Any = _NO_PREFILL_YET
+        self.labels = False   # the top-level call in flight was given labels
+        self.prompt: Optional[torch.Tensor] = None  # input_ids of the last use_cache=False prefill
 
 
 class _ByIdentity:
@@ -147,6 +154,7 @@ class PruneHandle:
         self._spec = spec
         self._selector = selector
         self._inner = spec.inner(model) if is_top else model
+        self._is_top = is_top
         self._decoder = spec.decoder(self._inner)
         self._thread = _ThreadState()
         self._latest_prefill: Optional[PrefillRecord] = None  # of any thread
@@ -181,7 +189,10 @@ class PruneHandle:
                 self._cls_module.register_forward_pre_hook(self._before_cls_attention,
                                                            with_kwargs=True))
         if top is not None:
-            self._handles.append(top.register_forward_pre_hook(self._before_top, with_kwargs=True))
+            self._handles += [
+                top.register_forward_pre_hook(self._before_top, with_kwargs=True),
+                top.register_forward_hook(self._after_top, always_call=True),
+            ]
         setattr(inner, ATTRIBUTE, self)
         self._attached = True
 
@@ -232,31 +243,20 @@ class PruneHandle:
     # --- hooks ----------------------------------------------------------------------------------
 
     def _before_top(self, module, args, kwargs):
-        if kwargs.get("labels") is not None:
-            raise ValueError(
-                "labels are not supported while greedyprune.hf is attached: the logits cover the "
-                "pruned sequence (see handle.last_prefill.source_positions); detach to compute "
-                "a loss on the full sequence"
-            )
+        self._thread.labels = kwargs.get("labels") is not None  # refused if pruning happens
+        return None
+
+    def _after_top(self, module, args, output):
+        self._thread.labels = False
         return None
 
     def _before_model(self, module, args, kwargs):
         if torch.compiler.is_compiling():
             raise RuntimeError("greedyprune.hf hooks cannot run inside torch.compile; "
                                "compile the model without attaching, or attach without compiling")
-        cache = _cache_of(kwargs)
-        if getattr(cache, "is_compileable", False):
-            raise ValueError(
-                f"greedyprune.hf does not support {type(cache).__name__} (a static or compilable "
-                "cache writes at unpruned positions); use the default dynamic cache"
-            )
         layer = kwargs.get("vision_feature_layer")
-        if self._cls_module is not None and layer is not None and layer != getattr(
-                module.config, "vision_feature_layer", layer):
-            raise ValueError(
-                f"saliency='cls' reads the [CLS] attention at the configured vision_feature_layer "
-                f"({module.config.vision_feature_layer}); this call asks for {layer!r}: attach "
-                "again after changing config.vision_feature_layer, or use saliency='text'")
+        if layer is not None and layer == getattr(module.config, "vision_feature_layer", layer):
+            layer = None  # the configured layer, the one the [CLS] hook reads
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         encoded = kwargs.get("mm_encoder_outputs") or {}
@@ -278,7 +278,9 @@ class PruneHandle:
             inputs={name: kwargs.get(name)
                     for name in (*self._spec.call_inputs, *self._spec.mask_inputs,
                                  *(("attention_mask",) if self._spec.decoder_mask else ()))},
-            placeholder_masks=masks, has_media=has_media,
+            placeholder_masks=masks, has_media=has_media, input_ids=input_ids,
+            labels=self._thread.labels, other_feature_layer=layer,
+            head=_caller(module) if has_media and not self._is_top else None,
         )
         return None
 
@@ -342,7 +344,8 @@ class PruneHandle:
         if not call.has_media:
             self._record_prefill(None)  # this prefill pruned nothing
             return None
-        return args, self._prefill(kwargs, call)
+        new = self._prefill(kwargs, call)
+        return None if new is None else (args, new)
 
     def _after_decoder(self, module, args, kwargs, output):
         state = self._thread
@@ -360,53 +363,38 @@ class PruneHandle:
 
     # --- the two kinds of decoder call ----------------------------------------------------------
 
-    def _prefill(self, kwargs: Dict[str, Any], call: _Call) -> Dict[str, Any]:
-        spec = self._spec
+    def _prefill(self, kwargs: Dict[str, Any], call: _Call) -> Optional[Dict[str, Any]]:
+        """The decoder's new keyword arguments, or None when no image loses a token (the
+        call then runs exactly as without the hooks)."""
         embeds = kwargs["inputs_embeds"]
         batch, length = embeds.shape[:2]
-        valid = self._padding_mask(kwargs, call, batch, length, embeds.device)
-
-        units, placeholders = [], torch.zeros(batch, length, dtype=torch.bool, device=embeds.device)
-        runs_in_call = list(call.runs)
-        cls_rows, cls_seconds = [], 0.0
-        for media in spec.media:
-            if media.name not in call.placeholder_masks:
-                continue
-            mask = call.placeholder_masks[media.name].to(embeds.device)
-            placeholders |= mask
-            total = int(mask.sum())
-            if not total:
-                continue
-            output, run = self._encoder_output(call, media, runs_in_call)
-            context = _archs.UnitsContext(self._inner, call.inputs, total, output, run)
-            media_units = _prune.locate_units(media.name, mask, media.units(context))
-            if self.saliency == "cls":
-                if run is None or not run.cls_rows:
-                    raise ValueError(
-                        "saliency='cls' needs the [CLS] attention recorded while the vision "
-                        "tower encoded these images; this call's image features came from "
-                        "elsewhere (mm_encoder_outputs computed with the hooks detached?)")
-                # Each unit's vision_index counts crops from the start of its own run.
-                offset = sum(int(rows.numel()) for rows in cls_rows)
-                for unit in media_units:
-                    if unit.layout.vision_index is None:
-                        raise ValueError(
-                            f"saliency='cls': could not map the tokens of {media.name} "
-                            f"{unit.index} to vision-tower positions; use 'text' or 'none'")
-                    unit.vision_offset = offset
-                cls_rows += [rows.reshape(-1) for rows in run.cls_rows]
-                cls_seconds += run.cls_seconds
-            units += media_units
-
+        try:
+            valid = self._padding_mask(kwargs, call, batch, length, embeds.device)
+        except ValueError:  # a mask the hooks cannot read: fine if nothing is to be pruned
+            if self._keeps_everything(call):
+                self._record_prefill(None)
+                return None
+            self._refuse_pruning(kwargs, call)
+            raise
+        units, placeholders, cls = self._locate_units(call, embeds)
         # Choosing needs no gradient; the gathers below keep it (pruning while fine-tuning).
         with torch.no_grad():
             plan = _prune.plan_prefill(
-                embeds, valid, units, placeholders, saliency=self.saliency,
-                cls_rows=torch.cat(cls_rows) if cls_rows else None,
+                embeds, valid, units, placeholders, saliency=self.saliency, cls_rows=cls.rows,
                 first_layer=self._decoder.layers[0] if self.saliency == "query" else None,
                 selector=self._selector, keep=self.keep, keep_ratio=self.keep_ratio,
-                lam=self.lam, seed=self.seed,
+                lam=self.lam, seed=self.seed, text_valid=self._text_valid(kwargs, call, valid),
             )
+        seconds = dict(plan.seconds)
+        if self.saliency == "cls" and plan.pruned:
+            seconds["cls"] = cls.seconds
+        if not plan.pruned:
+            identity = torch.arange(length)[None].expand(batch, length)
+            self._record_prefill(PrefillRecord(
+                images=tuple(plan.records), seq_len_before=length, seq_len_after=length,
+                source_positions=identity.numpy().copy(), seconds=seconds))
+            return None
+        self._refuse_pruning(kwargs, call)
 
         start = time.perf_counter()
         compaction = _prune.compact(plan.keep)
@@ -418,20 +406,20 @@ class PruneHandle:
         new["position_ids"] = _prune.gather_last(positions, compaction)
         for name in self._per_token_kwargs(kwargs, batch, length):
             new[name] = _prune.gather_last(kwargs[name], compaction)
-        if spec.prune_kwargs is not None:
-            spec.prune_kwargs(kwargs, new, plan.keep)
+        if self._spec.prune_kwargs is not None:
+            self._spec.prune_kwargs(kwargs, new, plan.keep)
         incoming = kwargs.get("attention_mask")
         mask_dtype = incoming.dtype if _is_2d_mask(incoming) else torch.long
         mask = (~compaction.padding).to(mask_dtype)
         per_token = {name: _prune.gather_last(call.inputs[name].to(embeds.device), compaction)
-                     for name in spec.mask_inputs if call.inputs.get(name) is not None}
-        new["attention_mask"] = self._decoder_mask(mask, new, per_token)
-        gather_seconds = time.perf_counter() - start
+                     for name in self._spec.mask_inputs if call.inputs.get(name) is not None}
+        packed = _packed_sequences(kwargs, kwargs.get("attention_mask"))
+        if packed is not None:
+            new["attention_mask"] = _prune.packed_mask(packed, compaction, embeds.dtype)
+        else:
+            new["attention_mask"] = self._decoder_mask(mask, new, per_token)
+        seconds["gather"] += time.perf_counter() - start
 
-        seconds = dict(plan.seconds)
-        seconds["gather"] = seconds.get("gather", 0.0) + gather_seconds
-        if self.saliency == "cls":
-            seconds["cls"] = cls_seconds
         source = torch.where(compaction.padding, -1, compaction.source).detach()
         self._record_prefill(PrefillRecord(
             images=tuple(plan.records), seq_len_before=length, seq_len_after=compaction.length,
@@ -440,13 +428,86 @@ class PruneHandle:
         self._thread.pending_request = _Request(mask, length, compaction.length, per_token)
         return new
 
+    def _refuse_pruning(self, kwargs: Dict[str, Any], call: _Call) -> None:
+        """What a prefill that really prunes cannot support (a budget that prunes nothing
+        supports all of it)."""
+        why = "with this budget images lose tokens, and "
+        if call.labels:
+            raise ValueError(
+                f"labels are not supported while greedyprune.hf prunes: {why}the logits cover "
+                "the pruned sequence (see handle.last_prefill.source_positions); detach to "
+                "compute a loss on the full sequence")
+        cache = _cache_of(kwargs)
+        if getattr(cache, "is_compileable", False):
+            raise ValueError(
+                f"greedyprune.hf does not support {type(cache).__name__} while it prunes: {why}"
+                "a static or compilable cache writes at unpruned positions; use the default "
+                "dynamic cache")
+        head = call.head
+        if head is not None and not any(cls.__name__ in self._spec.top_classes
+                                        for cls in type(head).__mro__):
+            raise ValueError(
+                f"greedyprune.hf cannot prune {type(self._inner).__name__} inside "
+                f"{type(head).__name__}: {why}that head reads the model's outputs at positions "
+                f"of the unpruned sequence; supported: {' or '.join(self._spec.classes)}")
+        if (self._spec.decoder_mask is not None
+                and _packed_sequences(kwargs, call.inputs.get("attention_mask")) is not None):
+            raise ValueError(
+                f"greedyprune.hf cannot prune packed sequences (position_ids restarting within "
+                f"a row, no attention_mask) on {self.arch}: {why}its decoder builds its own "
+                "masks; pass one sequence per row with an attention_mask")
+
+    def _locate_units(self, call: _Call, embeds: torch.Tensor):
+        """Every image's placeholder run in the batch, the (B, L) placeholder mask, and the
+        [CLS] rows of the vision runs (:class:`_ClsRows`)."""
+        batch, length = embeds.shape[:2]
+        units, placeholders = [], torch.zeros(batch, length, dtype=torch.bool, device=embeds.device)
+        runs_in_call = list(call.runs)
+        cls = _ClsRows(call.other_feature_layer)
+        for media in self._spec.media:
+            if media.name not in call.placeholder_masks:
+                continue
+            mask = call.placeholder_masks[media.name].to(embeds.device)
+            placeholders |= mask
+            total = int(mask.sum())
+            if not total:
+                continue
+            output, run = self._encoder_output(call, media, runs_in_call)
+            context = _archs.UnitsContext(self._inner, call.inputs, total, output, run)
+            media_units = _prune.locate_units(media.name, mask, media.units(context))
+            if self.saliency == "cls":
+                cls.add(media.name, media_units, run)
+            units += media_units
+        return units, placeholders, cls
+
+    def _text_valid(self, kwargs: Dict[str, Any], call: _Call, valid: torch.Tensor):
+        """The tokens text saliency reads. ``generate(use_cache=False)`` runs a full forward
+        for each new token, on the prompt plus the tokens generated so far: when a
+        ``use_cache=False`` call extends the previous one's ``input_ids``, saliency reads the
+        previous call's tokens only, so that the generated tokens do not move the kept set and
+        the answer is the one ``use_cache=True`` gives."""
+        state, ids = self._thread, call.input_ids
+        if kwargs.get("use_cache") is not False or ids is None:
+            state.prompt = None
+            return valid
+        prompt = state.prompt
+        if (prompt is not None and prompt.shape[0] == ids.shape[0]
+                and prompt.shape[1] < ids.shape[1]
+                and torch.equal(ids[:, :prompt.shape[1]], prompt.to(ids.device))):
+            text_valid = valid.clone()
+            text_valid[:, prompt.shape[1]:] = False
+            return text_valid
+        state.prompt = ids.detach()
+        return valid
+
     def _decode_step(self, args, kwargs, cache, past: int, call: _Call):
         request = self._requests.get(cache)
         if request is None:
-            if call.has_media:
+            if call.has_media and self._would_prune(kwargs, call):
                 raise ValueError(
                     "greedyprune.hf cannot prune images in a call that continues from "
-                    "past_key_values; start from an empty cache (or detach)"
+                    "past_key_values (with this budget they would lose tokens); start from an "
+                    "empty cache, or detach"
                 )
             return None  # a cache this handle never pruned: nothing to correct
         embeds = kwargs["inputs_embeds"]
@@ -500,6 +561,21 @@ class PruneHandle:
 
     # --- helpers --------------------------------------------------------------------------------
 
+    def _keeps_everything(self, call: _Call) -> bool:
+        """Whether the budget keeps every token of the call's images, whatever their layout."""
+        if self.keep_ratio is not None:
+            return self.keep_ratio >= 1
+        return self.keep >= sum(int(mask.sum()) for mask in call.placeholder_masks.values())
+
+    def _would_prune(self, kwargs: Dict[str, Any], call: _Call) -> bool:
+        if self._keeps_everything(call):
+            return False
+        embeds = kwargs["inputs_embeds"]
+        valid = self._padding_mask(kwargs, call, *embeds.shape[:2], embeds.device)
+        units = self._locate_units(call, embeds)[0]
+        candidates, ks = _prune.budgets(units, valid, self.keep, self.keep_ratio)
+        return any(k < len(cand) for cand, k in zip(candidates, ks))
+
     def _encoder_output(self, call: _Call, media, runs_in_call: List[_VisionRun]):
         """The vision encoder's output object for ``media`` in this call, and its run."""
         encoded = (call.inputs.get("mm_encoder_outputs") or {}).get(media.encoder_key)
@@ -547,6 +623,77 @@ class PruneHandle:
                     and value.shape[-1] == length and value.shape[-2] in (1, batch)):
                 names.append(name)
         return names
+
+
+class _ClsRows:
+    """The [CLS]-attention rows of the vision runs behind a prefill's units, for
+    ``saliency="cls"``; what is wrong with them is raised only if a selection reads them."""
+
+    def __init__(self, other_feature_layer):
+        self._rows: List[torch.Tensor] = []
+        self.seconds = 0.0
+        self._problem = None
+        if other_feature_layer is not None:
+            self._problem = (
+                f"saliency='cls' reads the [CLS] attention at the configured "
+                f"vision_feature_layer; this call asks for {other_feature_layer!r}: attach "
+                "again after changing config.vision_feature_layer, or use saliency='text'")
+
+    def add(self, media: str, units, run: Optional[_VisionRun]) -> None:
+        if run is None or not run.cls_rows:
+            self._problem = self._problem or (
+                "saliency='cls' needs the [CLS] attention recorded while the vision tower "
+                "encoded these images; this call's image features came from elsewhere "
+                "(mm_encoder_outputs computed with the hooks detached?)")
+            return
+        # Each unit's vision_index counts crops from the start of its own run.
+        offset = sum(int(rows.numel()) for rows in self._rows)
+        for unit in units:
+            if unit.layout.vision_index is None:
+                self._problem = self._problem or (
+                    f"saliency='cls': could not map the tokens of {media} {unit.index} to "
+                    "vision-tower positions; use 'text' or 'none'")
+            unit.vision_offset = offset
+        self._rows += [rows.reshape(-1) for rows in run.cls_rows]
+        self.seconds += run.cls_seconds
+
+    def rows(self) -> torch.Tensor:
+        if self._problem is not None:
+            raise ValueError(self._problem)
+        return torch.cat(self._rows)
+
+
+def _packed_sequences(kwargs: Dict[str, Any], mask) -> Optional[torch.Tensor]:
+    """(B, L) sequence ids when the decoder's rows are packed (several sequences per row), as
+    transformers decides: no attention ``mask``, no cache, and text position ids that restart
+    within a row; None otherwise."""
+    positions = kwargs.get("position_ids")
+    if (mask is not None or _cache_of(kwargs) is not None
+            or kwargs.get("use_cache") or not isinstance(positions, torch.Tensor)):
+        return None
+    if positions.dim() == 3:   # Qwen: [text, t, h, w] rows carry text positions, [t, h, w] none
+        if positions.shape[0] != 4:
+            return None
+        positions = positions[0]
+    positions = positions.expand(kwargs["inputs_embeds"].shape[0], -1)
+    steps = torch.diff(positions, prepend=positions[:, :1] - 1, dim=-1)
+    sequence = (steps != 1).cumsum(-1)
+    return sequence if bool(sequence[:, -1].any()) else None
+
+
+def _caller(module) -> Optional[torch.nn.Module]:
+    """The module whose forward is calling ``module`` (a ``self`` up the stack that holds it as
+    a direct child), if any within a few frames."""
+    frame = sys._getframe(1)
+    for _ in range(16):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if (isinstance(owner, torch.nn.Module) and owner is not module
+                and any(child is module for child in owner._modules.values())):
+            return owner
+        frame = frame.f_back
+    return None
 
 
 def _cache_of(kwargs):

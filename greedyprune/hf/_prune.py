@@ -5,7 +5,8 @@ inputs the decoder gets instead. No hooks and no model classes here (see ``_hand
 One prefill, for a batch of B rows of L tokens whose placeholder runs were located by
 :func:`locate_units`:
 
-1. Candidates: each image's placeholder tokens except its structural ones (LLaVA-NeXT newlines).
+1. Candidates: each image's placeholder tokens except its structural ones (LLaVA-NeXT newlines)
+   and those the attention mask hides.
 2. Saliency per candidate (SPEC.md §5): ``"text"`` is the cosine between its input embedding
    and the mean input embedding of its row's text tokens (not placeholders, not padding);
    ``"cls"`` reads the [CLS]-attention rows captured in the vision tower; ``"query"`` is the
@@ -14,7 +15,8 @@ One prefill, for a batch of B rows of L tokens whose placeholder runs were locat
 3. Budget ``k = min(keep, n)`` or ``ceil(keep_ratio · n)`` (at least 1) per image; images of
    equal ``(n, k)`` go to the selector in one batched call (the C core runs them in parallel).
 4. Kept: every valid non-placeholder token, the selected candidates, and each structural token
-   whose group still has a selected token. Padding is dropped.
+   whose group still has a selected token. Padding is dropped. When no image loses a token
+   (``plan.pruned`` is False) the caller leaves the inputs as they are.
 5. Rows are re-left-padded to the longest kept row: ``gather_*`` build the decoder's inputs
    with the kept tokens in their original order, keeping their original position ids.
 """
@@ -85,6 +87,7 @@ class PrefillPlan:
     keep: torch.Tensor
     records: List[ImageRecord]
     seconds: Dict[str, float] = field(default_factory=dict)
+    pruned: bool = True    # whether any image loses a token
 
 
 def text_anchor(embeds: torch.Tensor, valid: torch.Tensor, placeholders: torch.Tensor) -> torch.Tensor:
@@ -176,6 +179,59 @@ def _gather_features(embeds, units, candidates) -> torch.Tensor:
     return flat_embeds.index_select(0, index).view(len(units), -1, embeds.shape[-1])
 
 
+def candidates_of(unit: LocatedUnit, valid: np.ndarray) -> np.ndarray:
+    """The unit's candidate tokens (indices into its run): every token except the structural
+    ones and those the attention mask hides (``valid``: the (B, L) padding mask)."""
+    structural = unit.layout.structural
+    cand = np.arange(unit.layout.n_tokens) if structural is None else np.flatnonzero(~structural)
+    return cand[valid[unit.row, unit.positions[cand]]]
+
+
+def budgets(units: Sequence[LocatedUnit], valid: torch.Tensor, keep: Optional[int],
+            keep_ratio: Optional[float]) -> Tuple[List[np.ndarray], List[int]]:
+    """Each unit's candidates (:func:`candidates_of`) and how many of them it keeps."""
+    valid_np = valid.cpu().numpy()
+    candidates = [candidates_of(unit, valid_np) for unit in units]
+    return candidates, [budget(len(cand), keep, keep_ratio) if len(cand) else 0
+                        for cand in candidates]
+
+
+class _Saliency:
+    """Saliency of a group of candidates (step 2), computed on first use: a prefill in which no
+    image loses a token needs none."""
+
+    def __init__(self, saliency: str, embeds, text_valid, placeholders, cls_rows, first_layer):
+        self.kind, self.embeds, self.text_valid = saliency, embeds, text_valid
+        self.placeholders, self.cls_rows, self.first_layer = placeholders, cls_rows, first_layer
+        self.anchor = self.relevance = None
+        self.seconds = 0.0
+
+    def __call__(self, units: Sequence[LocatedUnit], candidates, features) -> Optional[torch.Tensor]:
+        start = time.perf_counter()
+        device = self.embeds.device
+        scores = None
+        if self.kind == "text":
+            if self.anchor is None:
+                self.anchor = text_anchor(self.embeds, self.text_valid, self.placeholders)
+            rows = torch.tensor([unit.row for unit in units], device=device)
+            scores = cosine_to_anchor(features, self.anchor[rows])
+        elif self.kind == "cls":
+            cls_rows = self.cls_rows()
+            sources = np.stack([unit.layout.vision_index[cand] + unit.vision_offset
+                                for unit, cand in zip(units, candidates)])
+            scores = cls_rows[torch.from_numpy(sources).to(cls_rows.device)].to(device)
+        elif self.kind == "query":
+            if self.relevance is None:
+                self.relevance = query_relevance(self.first_layer, self.embeds, self.text_valid,
+                                                 self.placeholders)
+            rows = torch.tensor([unit.row for unit in units], device=device)
+            columns = torch.from_numpy(np.stack([unit.positions[cand]
+                                                 for unit, cand in zip(units, candidates)]))
+            scores = self.relevance[rows[:, None], columns.to(device)]
+        self.seconds += time.perf_counter() - start
+        return scores
+
+
 def plan_prefill(
     embeds: torch.Tensor,
     valid: torch.Tensor,
@@ -183,84 +239,62 @@ def plan_prefill(
     placeholders: torch.Tensor,
     *,
     saliency: str,
-    cls_rows: Optional[torch.Tensor],
+    cls_rows: Optional[Callable[[], torch.Tensor]],
     first_layer: Optional[torch.nn.Module] = None,
     selector: Callable,
     keep: Optional[int],
     keep_ratio: Optional[float],
     lam: float,
     seed: int,
+    text_valid: Optional[torch.Tensor] = None,
 ) -> PrefillPlan:
     """Decide which tokens of a prefill survive (steps 1–4 of the module docstring).
 
     ``embeds`` (B, L, D) are the merged input embeddings, ``valid`` (B, L) the padding mask,
-    ``placeholders`` (B, L) every media placeholder token, ``cls_rows`` the [CLS]-attention
-    rows captured in the vision tower, flattened (``saliency="cls"`` only), ``first_layer``
-    the decoder's first layer (``saliency="query"`` only).
+    ``placeholders`` (B, L) every media placeholder token, ``cls_rows`` returns the
+    [CLS]-attention rows captured in the vision tower, flattened (``saliency="cls"`` only),
+    ``first_layer`` the decoder's first layer (``saliency="query"`` only), ``text_valid`` the
+    tokens text saliency reads (default ``valid``). ``plan.pruned`` is False when no image
+    loses a token; the keep mask is then all of ``valid``.
     """
-    seconds = {"saliency": 0.0, "select": 0.0}
-    device = embeds.device
-    anchor = None
-    if saliency == "text":
-        start = time.perf_counter()
-        anchor = text_anchor(embeds, valid, placeholders)
-        seconds["saliency"] += time.perf_counter() - start
-    elif saliency == "query":
-        start = time.perf_counter()
-        relevance = query_relevance(first_layer, embeds, valid, placeholders)
-        seconds["saliency"] += time.perf_counter() - start
-
-    # Candidates (token indices within each unit) and budgets.
-    candidates, budgets = [], []
-    for unit in units:
-        structural = unit.layout.structural
-        cand = np.arange(unit.layout.n_tokens) if structural is None else np.flatnonzero(~structural)
-        candidates.append(cand)
-        budgets.append(budget(len(cand), keep, keep_ratio))
-
-    # Select, one batched call per (n, k); an image that keeps everything needs no call.
-    selected: List[Optional[np.ndarray]] = [None] * len(units)
+    candidates, ks = budgets(units, valid, keep, keep_ratio)
+    selected = [np.arange(len(cand)) for cand in candidates]
     shares = [0.0] * len(units)
     groups: Dict[Tuple[int, int], List[int]] = {}
-    for i, (cand, k) in enumerate(zip(candidates, budgets)):
-        if len(cand) == 0:
-            selected[i] = cand
-        elif k >= len(cand):
-            selected[i] = np.arange(len(cand))
-        else:
+    for i, (cand, k) in enumerate(zip(candidates, ks)):
+        if k < len(cand):
             groups.setdefault((len(cand), k), []).append(i)
+    score = _Saliency(saliency, embeds, valid if text_valid is None else text_valid,
+                      placeholders, cls_rows, first_layer)
+    select_seconds = 0.0
+    # One batched selector call per (n, k): the C core runs the images in parallel.
     for (n, k), members in groups.items():
-        start = time.perf_counter()
-        features = _gather_features(embeds, [units[i] for i in members],
-                                    [candidates[i] for i in members])               # (G, n, D)
-        scores = None
-        if saliency == "text":
-            rows = torch.tensor([units[i].row for i in members], device=device)
-            scores = cosine_to_anchor(features, anchor[rows])
-        elif saliency == "cls":
-            sources = np.stack([units[i].layout.vision_index[candidates[i]] + units[i].vision_offset
-                                for i in members])
-            scores = cls_rows[torch.from_numpy(sources).to(cls_rows.device)].to(device)
-        elif saliency == "query":
-            rows = torch.tensor([units[i].row for i in members], device=device)
-            columns = torch.from_numpy(np.stack([units[i].positions[candidates[i]]
-                                                 for i in members])).to(device)
-            scores = relevance[rows[:, None], columns]
-        seconds["saliency"] += time.perf_counter() - start
+        members_units = [units[i] for i in members]
+        members_cand = [candidates[i] for i in members]
+        features = _gather_features(embeds, members_units, members_cand)         # (G, n, D)
+        scores = score(members_units, members_cand, features)
         start = time.perf_counter()
         kept = selector(features, k, scores, lam=lam, seed=seed)
         kept = kept.cpu().numpy() if isinstance(kept, torch.Tensor) else np.asarray(kept)
         elapsed = time.perf_counter() - start
-        seconds["select"] += elapsed
+        select_seconds += elapsed
         for row_in_call, i in enumerate(members):
             selected[i] = kept[row_in_call]
             shares[i] = elapsed / len(members)
 
-    # The keep mask: text and other valid tokens, then the kept placeholders.
     start = time.perf_counter()
+    keep_mask, records = _keep_mask(valid, placeholders, units, candidates, selected, shares)
+    seconds = {"saliency": score.seconds, "select": select_seconds,
+               "gather": time.perf_counter() - start}
+    return PrefillPlan(keep_mask, records, seconds, pruned=bool(groups))
+
+
+def _keep_mask(valid, placeholders, units, candidates, selected, shares):
+    """Step 4: the (B, L) keep mask (valid text, kept candidates, the structural tokens of
+    groups that keep one) and one :class:`ImageRecord` per unit."""
     keep_mask = valid & ~placeholders
     records, rows_all, cols_all = [], [], []
-    per_row = {}
+    per_row: Dict[Tuple[int, str], int] = {}
     for unit, cand, pick, share in zip(units, candidates, selected, shares):
         kept_tokens = cand[pick]
         layout = unit.layout
@@ -281,11 +315,11 @@ def plan_prefill(
             select_seconds=share, grid=layout.grid,
         ))
     if rows_all:
+        device = keep_mask.device
         rows_t = torch.from_numpy(np.concatenate(rows_all)).to(device)
         cols_t = torch.from_numpy(np.concatenate(cols_all)).to(device)
         keep_mask[rows_t, cols_t] = True
-    seconds["gather"] = time.perf_counter() - start
-    return PrefillPlan(keep_mask, records, seconds)
+    return keep_mask & valid, records
 
 
 @dataclass
@@ -327,3 +361,17 @@ def gather_last(values: torch.Tensor, plan: Compaction, fill=0) -> torch.Tensor:
     values = values.expand(*values.shape[:-2], batch, values.shape[-1])
     index = plan.source.expand(*values.shape[:-2], batch, new_length)
     return values.gather(-1, index).masked_fill(plan.padding, fill)
+
+
+def packed_mask(sequence: torch.Tensor, plan: Compaction, dtype: torch.dtype) -> torch.Tensor:
+    """The 4-D additive mask (B, 1, L', L') of packed rows (several sequences per row, told
+    apart by ``sequence`` (B, L), as transformers finds them from restarting position ids):
+    each kept token attends to the kept tokens of its own sequence up to itself. transformers
+    infers this itself only from unbroken position ids, which pruning leaves with gaps."""
+    sequence = gather_last(sequence, plan, fill=-1)
+    length = plan.length
+    causal = torch.ones(length, length, dtype=torch.bool, device=sequence.device).tril()
+    allowed = (sequence[:, :, None] == sequence[:, None, :]) & causal & ~plan.padding[:, None, :]
+    allowed |= torch.eye(length, dtype=torch.bool, device=sequence.device)  # padding: itself
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=sequence.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
