@@ -7,10 +7,12 @@ twin; :mod:`greedyprune.hf` attaches it to HuggingFace vision-language models th
 """
 from ._api import NUM_THREADS_ENV, get_num_threads, greedy, select, set_num_threads
 from ._core import HAS_OPENMP as _HAS_OPENMP
+from .config import PruneConfig
 
 __version__ = "0.1.0"
 
 #: True when the C core was compiled with OpenMP (else it runs serially).
 has_openmp = bool(_HAS_OPENMP)
 
-__all__ = ["select", "greedy", "get_num_threads", "set_num_threads", "has_openmp", "NUM_THREADS_ENV"]
+__all__ = ["select", "greedy", "get_num_threads", "set_num_threads", "has_openmp", "NUM_THREADS_ENV",
+           "PruneConfig"]

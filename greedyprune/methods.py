@@ -145,6 +145,22 @@ def registered(name: str, selector: Selector, *, needs_saliency: bool = False) -
             _REGISTRY[name], _NEEDS_SALIENCY[name] = previous
 
 
+def ordered(name: str) -> Optional[Selector]:
+    """A selector that picks what ``get(name)`` picks but returns the picks in the order it made
+    them (not sorted), where the method has one: the built-in greedy rule ("greedyprune",
+    whose order the C core returns at no extra cost). None for every other method."""
+    if get(name) is not greedyprune:
+        return None
+
+    def in_pick_order(features, k, saliency=None, *, lam: float = 0.5, seed: int = 0):
+        import greedyprune as _gp
+
+        _check_seed(seed)
+        return _gp.greedy(features, k, saliency, lam)[0]
+
+    return in_pick_order
+
+
 def needs_saliency(name: str) -> bool:
     """Whether the selector registered as ``name`` needs saliency (``topk`` does); ValueError
     naming the known ones for an unknown name."""

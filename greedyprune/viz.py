@@ -163,7 +163,8 @@ def draw_kept(
     ``order`` is given). ``grid``: the layout — ``(rows, cols)``, a side length for a square
     grid, a :class:`Panel`, a list of panels (see the ``*_layout`` helpers), or the
     ``PatchGrid`` of a ``handle.last`` image record. ``order``: the kept indices in selection
-    order; each kept patch is numbered 1, 2, … if the numbers fit in the cells. ``num_tokens``:
+    order (kept tokens that were never candidates may be missing); each patch in it is
+    numbered 1, 2, … if the numbers fit in the cells. ``num_tokens``:
     the image's total token count when it exceeds the layout's (trailing separator tokens);
     defaults to the layout's. ``scale`` multiplies the size each panel is drawn at (the image's
     own size, or its centre square for ``crop="center"``). ``title``: a line of text above the
@@ -192,8 +193,9 @@ def draw_kept(
     rank = {}
     if order is not None:
         order_list = _indices(order, "order", num_tokens, as_list=True)
-        if set(order_list) != kept_set:
-            raise ValueError("order must hold the same indices as kept")
+        if not set(order_list) <= kept_set:
+            raise ValueError("order must hold kept indices (all of them, or all but tokens "
+                             "that were never candidates, such as LLaVA-NeXT's newlines)")
         rank = {index: r + 1 for r, index in enumerate(order_list)}
 
     drawn = []

@@ -255,25 +255,6 @@ def test_supported_models_come_from_the_table():
     assert names == [name for spec in _archs.ARCHS.values() for name in spec.classes]
 
 
-def test_inner_model_attach_twice_warns_and_replaces_and_repr():
-    model = tiny("llava").model
-    inputs, _ = batch("llava")
-    first = attach(model.model, keep=3)
-    with pytest.warns(RuntimeWarning, match="already has greedyprune.hf attached"):
-        second = attach(model, keep_ratio=0.5, saliency="none", method="uniform")
-    try:
-        assert not first.attached and second.attached
-        assert repr(second) == (
-            "PruneHandle(model=LlavaForConditionalGeneration, arch='llava', keep_ratio=0.5, "
-            "lam=0.0, saliency='none', method='uniform', seed=0, attached=True)")
-        logits(model, inputs)
-        assert {r.tokens_after for r in second.last} == {8}
-        assert first.last == []
-    finally:
-        second.detach()
-    assert hook_count(model) == 0
-
-
 def test_unsupported_generation_modes_are_refused():
     model = tiny("llava").model
     inputs, singles = batch("llava")

@@ -142,5 +142,7 @@ def test_records_of_an_image_can_be_drawn():
     cols = int(record.grid.token_source[:, 2].max()) + 1
     picture = np.zeros((rows * 10, cols * 10, 3), dtype=np.uint8) + 200
     drawn = viz.draw_record(picture, record)
-    expected = viz.draw_kept(picture, record.kept, viz.Panel(rows, cols))
+    # The record carries the greedy rule's pick order: the drawing numbers the picks.
+    assert sorted(record.order.tolist()) == record.kept.tolist()
+    expected = viz.draw_kept(picture, None, viz.Panel(rows, cols), order=record.order)
     assert np.array_equal(np.asarray(drawn), np.asarray(expected))

@@ -149,7 +149,7 @@ def test_draw_record_from_a_handle_record():
     (dict(kept=[1, 1]), ValueError, "repeated"),
     (dict(kept=[1.5]), TypeError, "integer"),
     (dict(grid="4"), TypeError, "grid must be"),
-    (dict(order=[2]), ValueError, "same indices"),
+    (dict(order=[2]), ValueError, "order must hold kept indices"),
     (dict(image=np.zeros((4, 4, 2))), ValueError, "image must be"),
     (dict(scale=0), ValueError, "scale"),
     (dict(num_tokens=3), ValueError, "num_tokens"),

@@ -111,100 +111,121 @@ costs nothing without them.
 """
 from __future__ import annotations
 
-import numbers
 import warnings
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional, Union
 
-from .. import _validate
+from ..config import DEFAULT_LAM, SALIENCY, PruneConfig, Saliency
 from ._records import ImageRecord, PatchGrid, PrefillRecord
 
-SALIENCY = ("text", "cls", "query", "none")
+if TYPE_CHECKING:
+    from ._handle import PruneHandle
 
-#: The ``lam`` that :func:`attach` uses when none is given: diversity only. On the built-in
-#: trained model it kept answers best of every λ and saliency from 8% of the tokens up (README,
-#: "Does pruning keep the answers?"); weigh saliency in (``lam > 0``) for the smallest budgets.
-DEFAULT_LAM = 0.0
-
-__all__ = ["attach", "supported_models", "PruneHandle", "ImageRecord", "PatchGrid",
-           "PrefillRecord", "SALIENCY"]
+__all__ = ["attach", "detach", "get_handle", "supported_models", "PruneConfig", "PruneHandle",
+           "ImageRecord", "PatchGrid", "PrefillRecord", "SALIENCY", "DEFAULT_LAM"]
 
 
-def attach(model, keep: Optional[int] = None, *, keep_ratio: Optional[float] = None,
-           lam: Optional[float] = None, saliency: str = "text", method: str = "greedyprune",
-           seed: int = 0):
+def attach(model, keep: Union[int, PruneConfig, None] = None, *,
+           keep_ratio: Optional[float] = None, lam: Optional[float] = None,
+           saliency: Optional[Saliency] = None, method: Optional[str] = None,
+           seed: Optional[int] = None) -> "PruneHandle":
     """Prune visual tokens in every forward and ``generate()`` call of ``model``.
 
     Parameters
     ----------
     model : a supported transformers model (see :func:`supported_models`), top-level or inner.
-    keep : int, optional
-        Visual tokens kept per image (>= 1). Exactly one of ``keep`` and ``keep_ratio``.
+    keep : int or PruneConfig, optional
+        Visual tokens kept per image (>= 1). Exactly one of ``keep`` and ``keep_ratio``. A
+        :class:`~greedyprune.PruneConfig` instead gives every setting at once; keyword
+        arguments then override its fields.
     keep_ratio : float, optional
         Fraction of each image's tokens kept, in (0, 1]; rounded up, at least one token.
     lam : float, optional
         Weight of saliency against diversity, in [0, 1] (SPEC.md §1); None (the default) means
         :data:`DEFAULT_LAM`, 0: diversity only, which kept a trained model's answers best from
-        8% of the tokens up; at 4% ``lam=0.25`` with ``saliency="cls"`` did better. With ``saliency="none"`` there is no saliency to weigh: passing a ``lam`` other
-        than 0 to method "greedyprune" then warns (every ``lam < 1`` keeps the same tokens, and
+        8% of the tokens up; at 4% ``lam=0.25`` with ``saliency="cls"`` did better. With
+        ``saliency="none"`` there is no saliency to weigh: passing a ``lam`` other than 0 to
+        method "greedyprune" then warns (every ``lam < 1`` keeps the same tokens, and
         ``lam = 1`` leaves all gains at 0, keeping the first ``k`` tokens).
-    saliency : {"text", "cls", "query", "none"}
-        Where relevance comes from: ``"text"``, the cosine of each visual token's input
-        embedding with the mean input embedding of the text tokens; ``"cls"``, the vision
-        tower's [CLS] attention (CLIP-style towers); ``"query"``, the attention the first
-        decoder layer's text-token queries pay each visual token (content only, computed from
-        the q/k projections, no attention maps); ``"none"``, diversity only.
-    method : str
-        A selector name from :func:`greedyprune.methods.names` ("greedyprune" by default).
-    seed : int
-        Passed to the selector (used by "random").
+    saliency : {"text", "cls", "query", "none"}, optional
+        Where relevance comes from (default ``"text"``): ``"text"``, the cosine of each visual
+        token's input embedding with the mean input embedding of the text tokens; ``"cls"``,
+        the vision tower's [CLS] attention (CLIP-style towers); ``"query"``, the attention the
+        first decoder layer's text-token queries pay each visual token (content only, computed
+        from the q/k projections, no attention maps); ``"none"``, diversity only.
+    method : str, optional
+        A selector name from :func:`greedyprune.methods.names` (default "greedyprune").
+    seed : int, optional
+        Passed to the selector (used by "random"; default 0).
 
     Returns
     -------
     PruneHandle
-        With ``last``, ``last_prefill``, ``detach()``; usable as a context manager. Attaching
-        to a model that already has a handle warns and replaces it. Several threads may call
-        the model at once: each call is pruned as it would be alone, and ``last`` /
-        ``last_prefill`` are those of the calling thread's last prefill.
+        With ``config``, ``last``, ``last_prefill``, ``detach()`` and ``disabled()``; usable as
+        a context manager. Attaching to a model that already has a handle suspends that one
+        until the new one is detached (nested ``with`` blocks each prune with their own
+        settings). Several threads may call the model at once: each call is pruned as it
+        would be alone, and ``last`` / ``last_prefill`` are those of the calling thread's last
+        prefill.
     """
     from .. import methods
 
-    keep, keep_ratio = _check_budget(keep, keep_ratio)
-    lam_given = lam is not None
-    lam = _validate.check_lam(DEFAULT_LAM if lam is None else lam)
-    if not isinstance(saliency, str) or saliency not in SALIENCY:
-        raise ValueError(f"saliency must be one of {', '.join(map(repr, SALIENCY))}, "
-                         f"got {saliency!r}")
-    selector = methods.get(method)
-    if saliency == "none" and methods.needs_saliency(method):
-        raise ValueError(f"method {method!r} needs saliency: use saliency='text', 'cls' or "
-                         f"'query' with it, or a method that works without (e.g. 'greedyprune')")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-
+    config = _config(keep, keep_ratio=keep_ratio, lam=lam, saliency=saliency, method=method,
+                     seed=seed)
     from . import _archs
-    from ._handle import ATTRIBUTE, PruneHandle
+    from ._handle import PruneHandle
 
     spec, is_top = _archs.find(model)
-    if saliency == "cls" and spec.cls_probe is None:
+    if config.saliency == "cls" and spec.cls_probe is None:
         raise ValueError(f"saliency='cls' needs a vision tower with a [CLS] token, which "
                          f"{spec.name} does not have: use saliency='text' or 'none'")
-    if lam_given and lam != 0 and saliency == "none" and method == "greedyprune":
+    if config.lam != 0 and config.saliency == "none" and config.method == "greedyprune":
         # ŝ = 0 without saliency, so the gain is (1 − λ)·m: λ < 1 only rescales it, and λ = 1
         # zeroes it, so that the lowest indices win every tie.
-        warnings.warn(f"lam={lam} has no effect with saliency='none' (diversity only): every "
-                      f"lam < 1 keeps the same tokens as lam=0, and lam=1 zeroes every gain, "
-                      f"keeping the first k tokens; leave lam out or pass lam=0, or use "
+        warnings.warn(f"lam={config.lam} has no effect with saliency='none' (diversity only): "
+                      f"every lam < 1 keeps the same tokens as lam=0, and lam=1 zeroes every "
+                      f"gain, keeping the first k tokens; leave lam out or pass lam=0, or use "
                       f"saliency='text', 'cls' or 'query'", UserWarning, stacklevel=2)
     inner = spec.inner(model) if is_top else model
-    if saliency == "query":
+    if config.saliency == "query":
         _check_query_layer(spec.decoder(inner), spec.name)
-    previous = getattr(inner, ATTRIBUTE, None)
-    if previous is not None:
-        warnings.warn(f"{type(model).__name__} already has greedyprune.hf attached "
-                      f"({previous!r}); replacing it", RuntimeWarning, stacklevel=2)
-        previous.detach()
-    return PruneHandle(model, spec, is_top, keep=keep, keep_ratio=keep_ratio, lam=lam,
-                       saliency=saliency, method=method, seed=int(seed), selector=selector)
+    ordered = methods.ordered(config.method)
+    return PruneHandle(model, spec, is_top, config, ordered or methods.get(config.method),
+                       ordered is not None)
+
+
+def get_handle(model) -> Optional["PruneHandle"]:
+    """The handle pruning ``model`` now (the last one attached and not detached), or None."""
+    from ._handle import handles
+
+    stack = handles(_inner_of(model))
+    return stack[-1] if stack else None
+
+
+def detach(model) -> List["PruneHandle"]:
+    """Detach every handle attached to ``model`` (top-level or inner), newest first, and return
+    them: the model is exactly as before the first ``attach``."""
+    from ._handle import handles
+
+    detached = handles(_inner_of(model))[::-1]
+    for handle in detached:
+        handle.detach()
+    return detached
+
+
+def _inner_of(model):
+    from . import _archs
+
+    spec, is_top = _archs.find(model)
+    return spec.inner(model) if is_top else model
+
+
+def _config(keep, **fields) -> PruneConfig:
+    """attach's arguments as a PruneConfig: ``keep`` may be one, and the fields given (not
+    None) override it."""
+    given = {name: value for name, value in fields.items() if value is not None}
+    if isinstance(keep, PruneConfig):
+        return keep.replace(**given) if given else keep
+    return PruneConfig(keep=keep, **given)
 
 
 def supported_models() -> List[str]:
@@ -223,23 +244,6 @@ def _check_query_layer(decoder, name: str) -> None:
         raise ValueError(f"saliency='query' reads the first decoder layer's input_layernorm and "
                          f"self_attn.q_proj/k_proj, which {name}'s decoder does not have: use "
                          f"saliency='text', 'cls' or 'none'")
-
-
-def _check_budget(keep, keep_ratio):
-    if (keep is None) == (keep_ratio is None):
-        raise ValueError("give exactly one of keep (tokens per image) and keep_ratio "
-                         f"(fraction per image); got keep={keep!r}, keep_ratio={keep_ratio!r}")
-    if keep is not None:
-        if isinstance(keep, bool) or not isinstance(keep, numbers.Integral):
-            raise TypeError(f"keep must be a positive integer, got {type(keep).__name__}")
-        if keep < 1:
-            raise ValueError(f"keep must be >= 1 (tokens kept per image), got {keep}")
-        return int(keep), None
-    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, numbers.Real):
-        raise TypeError(f"keep_ratio must be a number in (0, 1], got {type(keep_ratio).__name__}")
-    if not 0 < keep_ratio <= 1:  # compared before converting: NaN and huge integers fail it
-        raise ValueError(f"keep_ratio must be in (0, 1], got {_validate.number_text(keep_ratio)}")
-    return None, float(keep_ratio)
 
 
 def __getattr__(name):

@@ -24,20 +24,36 @@ Hooks, all PyTorch handles (nothing in the model is replaced or edited):
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 
+from ..config import PruneConfig
 from . import _archs, _prune
 from ._records import ImageRecord, PrefillRecord
 
-#: Attribute set on the inner model while a handle is attached (for "attached twice").
-ATTRIBUTE = "_greedyprune_handle"
+#: Attribute of the inner model holding its attached handles, the active one last.
+ATTRIBUTE = "_greedyprune_handles"
+
+
+def _stack(inner) -> List["PruneHandle"]:
+    """The inner model's attached handles (created empty on first use)."""
+    stack = vars(inner).get(ATTRIBUTE)
+    if stack is None:
+        stack = []
+        object.__setattr__(inner, ATTRIBUTE, stack)
+    return stack
+
+
+def handles(inner) -> List["PruneHandle"]:
+    """The handles attached to ``inner``, oldest first (the last one is active)."""
+    return list(vars(inner).get(ATTRIBUTE) or [])
 
 
 #: Feature dimensions of the projector output recorded per token (see ``_VisionRun``).
@@ -133,26 +149,27 @@ class PruneHandle:
 
     ``last`` lists what the last pruned prefill did per image (:class:`ImageRecord`);
     ``last_prefill`` holds the same plus sequence-level bookkeeping and timings
-    (:class:`PrefillRecord`). ``detach()`` (or leaving a ``with`` block) restores the model.
+    (:class:`PrefillRecord`); ``config`` is the :class:`~greedyprune.config.PruneConfig` it
+    prunes with. ``detach()`` (or leaving a ``with`` block) restores the model.
+
+    Handles on one model stack: attaching another suspends this one until the other is
+    detached, so nested ``with attach(...)`` blocks each prune with their own settings and
+    the outer one resumes when the inner one ends. ``disabled()`` pauses pruning for a block.
 
     Threads: several threads may call ``generate()`` (or forward) on the model at once; each
     call is pruned exactly as it would be alone. ``last`` and ``last_prefill`` are those of the
     calling thread's last prefill (in a thread that has run none: the last prefill of any
-    thread). Attach and detach while no call is running.
+    thread). Attach, detach and disable while no call is running.
     """
 
-    def __init__(self, model, spec: _archs.ArchSpec, is_top: bool, *, keep, keep_ratio, lam,
-                 saliency, method, seed, selector):
+    def __init__(self, model, spec: _archs.ArchSpec, is_top: bool, config: PruneConfig,
+                 selector, ordered: bool):
         self.model = model
         self.arch = spec.name
-        self.keep = keep
-        self.keep_ratio = keep_ratio
-        self.lam = lam
-        self.saliency = saliency
-        self.method = method
-        self.seed = seed
+        self.config = config
         self._spec = spec
         self._selector = selector
+        self._ordered = ordered
         self._inner = spec.inner(model) if is_top else model
         self._is_top = is_top
         self._decoder = spec.decoder(self._inner)
@@ -162,12 +179,26 @@ class PruneHandle:
         self._requests = _ByIdentity()   # cache object -> _Request of the prefill that filled it
         self._handles: List[Any] = []
         self._attached = False
-        self._cls_module = spec.cls_probe(self._inner, {}) if saliency == "cls" else None
-        self._attach(model if is_top else None)
+        self._cls_module = (spec.cls_probe(self._inner, {}) if config.saliency == "cls"
+                            else None)
+        stack = _stack(self._inner)
+        if stack:
+            stack[-1]._remove_hooks()   # suspended until this handle is detached
+        stack.append(self)
+        self._attached = True
+        self._install_hooks()
+
+    # The settings, read from ``config``.
+    keep = property(lambda self: self.config.keep)
+    keep_ratio = property(lambda self: self.config.keep_ratio)
+    lam = property(lambda self: self.config.lam)
+    saliency = property(lambda self: self.config.saliency)
+    method = property(lambda self: self.config.method)
+    seed = property(lambda self: self.config.seed)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    def _attach(self, top) -> None:
+    def _install_hooks(self) -> None:
         inner, decoder = self._inner, self._decoder
         self._handles = [
             inner.register_forward_pre_hook(self._before_model, with_kwargs=True),
@@ -188,32 +219,66 @@ class PruneHandle:
             self._handles.append(
                 self._cls_module.register_forward_pre_hook(self._before_cls_attention,
                                                            with_kwargs=True))
-        if top is not None:
+        if self._is_top:
             self._handles += [
-                top.register_forward_pre_hook(self._before_top, with_kwargs=True),
-                top.register_forward_hook(self._after_top, always_call=True),
+                self.model.register_forward_pre_hook(self._before_top, with_kwargs=True),
+                self.model.register_forward_hook(self._after_top, always_call=True),
             ]
-        setattr(inner, ATTRIBUTE, self)
-        self._attached = True
 
-    def detach(self) -> None:
-        """Remove every hook and attribute; the model is exactly as before ``attach``."""
+    def _remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        if getattr(self._inner, ATTRIBUTE, None) is self:
-            delattr(self._inner, ATTRIBUTE)
         state = self._thread   # other threads' state goes with them (or with the handle)
         state.call = state.run = state.pending_request = None
         self._runs.clear()
         self._requests.clear()
+
+    def detach(self) -> None:
+        """Remove this handle's hooks. With no other handle on the model, the model is exactly
+        as before ``attach``; a handle this one suspended resumes. Detaching twice is a no-op."""
+        if not self._attached:
+            return
+        stack = _stack(self._inner)
+        active = bool(stack) and stack[-1] is self
+        if self in stack:
+            stack.remove(self)
+        self._remove_hooks()
         self._attached = False
+        if active and stack:
+            stack[-1]._install_hooks()
+        if not stack and ATTRIBUTE in vars(self._inner):
+            delattr(self._inner, ATTRIBUTE)
 
     @property
     def attached(self) -> bool:
+        """Whether the handle is on the model (pruning, or suspended by a later handle)."""
         return self._attached
 
+    @property
+    def active(self) -> bool:
+        """Whether this handle's hooks are the ones pruning the model's calls now."""
+        return bool(self._handles)
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator["PruneHandle"]:
+        """Pause pruning inside the ``with`` block: the model runs as if detached, and this
+        handle resumes afterwards (unless it was detached meanwhile)."""
+        if not self.active:
+            yield self
+            return
+        self._remove_hooks()
+        try:
+            yield self
+        finally:
+            stack = _stack(self._inner) if self._attached else []
+            if stack and stack[-1] is self and not self.active:
+                self._install_hooks()
+
     def __enter__(self) -> "PruneHandle":
+        if not self._attached:
+            raise RuntimeError("this handle was detached; attach again to prune "
+                               "(greedyprune.hf.attach(model, handle.config))")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -235,10 +300,11 @@ class PruneHandle:
         return list(self.last_prefill.images) if self.last_prefill is not None else []
 
     def __repr__(self) -> str:
-        budget = f"keep={self.keep}" if self.keep is not None else f"keep_ratio={self.keep_ratio}"
-        return (f"PruneHandle(model={type(self.model).__name__}, arch={self.arch!r}, {budget}, "
-                f"lam={self.lam}, saliency={self.saliency!r}, method={self.method!r}, "
-                f"seed={self.seed}, attached={self._attached})")
+        state = "active" if self.active else "suspended" if self._attached else "detached"
+        config = self.config
+        return (f"PruneHandle(model={type(self.model).__name__}, arch={self.arch!r}, "
+                f"{config.budget}, lam={config.lam}, saliency={config.saliency!r}, "
+                f"method={config.method!r}, seed={config.seed}, {state})")
 
     # --- hooks ----------------------------------------------------------------------------------
 
@@ -384,6 +450,7 @@ class PruneHandle:
                 first_layer=self._decoder.layers[0] if self.saliency == "query" else None,
                 selector=self._selector, keep=self.keep, keep_ratio=self.keep_ratio,
                 lam=self.lam, seed=self.seed, text_valid=self._text_valid(kwargs, call, valid),
+                ordered=self._ordered,
             )
         seconds = dict(plan.seconds)
         if self.saliency == "cls" and plan.pruned:

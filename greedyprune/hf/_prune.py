@@ -247,6 +247,7 @@ def plan_prefill(
     lam: float,
     seed: int,
     text_valid: Optional[torch.Tensor] = None,
+    ordered: bool = False,
 ) -> PrefillPlan:
     """Decide which tokens of a prefill survive (steps 1–4 of the module docstring).
 
@@ -254,11 +255,13 @@ def plan_prefill(
     ``placeholders`` (B, L) every media placeholder token, ``cls_rows`` returns the
     [CLS]-attention rows captured in the vision tower, flattened (``saliency="cls"`` only),
     ``first_layer`` the decoder's first layer (``saliency="query"`` only), ``text_valid`` the
-    tokens text saliency reads (default ``valid``). ``plan.pruned`` is False when no image
-    loses a token; the keep mask is then all of ``valid``.
+    tokens text saliency reads (default ``valid``). ``ordered``: the selector returns its
+    picks in selection order (recorded as ``ImageRecord.order``) rather than sorted.
+    ``plan.pruned`` is False when no image loses a token; the keep mask is then ``valid``.
     """
     candidates, ks = budgets(units, valid, keep, keep_ratio)
     selected = [np.arange(len(cand)) for cand in candidates]
+    orders: List[Optional[np.ndarray]] = [None] * len(units)
     shares = [0.0] * len(units)
     groups: Dict[Tuple[int, int], List[int]] = {}
     for i, (cand, k) in enumerate(zip(candidates, ks)):
@@ -279,23 +282,35 @@ def plan_prefill(
         elapsed = time.perf_counter() - start
         select_seconds += elapsed
         for row_in_call, i in enumerate(members):
-            selected[i] = kept[row_in_call]
+            selected[i] = np.sort(kept[row_in_call]) if ordered else kept[row_in_call]
+            orders[i] = candidates[i][kept[row_in_call]] if ordered else None
             shares[i] = elapsed / len(members)
 
     start = time.perf_counter()
-    keep_mask, records = _keep_mask(valid, placeholders, units, candidates, selected, shares)
+    keep_mask, records = _keep_mask(valid, placeholders, units, candidates, selected, shares,
+                                    orders, _copies(embeds, valid))
     seconds = {"saliency": score.seconds, "select": select_seconds,
                "gather": time.perf_counter() - start}
     return PrefillPlan(keep_mask, records, seconds, pruned=bool(groups))
 
 
-def _keep_mask(valid, placeholders, units, candidates, selected, shares):
+def _copies(embeds: torch.Tensor, valid: torch.Tensor) -> List[Optional[int]]:
+    """For each row, the first row of the run of identical rows before it (same embeddings
+    and mask; beam search repeats each input that way), or None for a row that is no copy."""
+    copy_of: List[Optional[int]] = [None] * embeds.shape[0]
+    for row in range(1, embeds.shape[0]):
+        if torch.equal(valid[row], valid[row - 1]) and torch.equal(embeds[row], embeds[row - 1]):
+            copy_of[row] = copy_of[row - 1] if copy_of[row - 1] is not None else row - 1
+    return copy_of
+
+
+def _keep_mask(valid, placeholders, units, candidates, selected, shares, orders, copy_of):
     """Step 4: the (B, L) keep mask (valid text, kept candidates, the structural tokens of
     groups that keep one) and one :class:`ImageRecord` per unit."""
     keep_mask = valid & ~placeholders
     records, rows_all, cols_all = [], [], []
     per_row: Dict[Tuple[int, str], int] = {}
-    for unit, cand, pick, share in zip(units, candidates, selected, shares):
+    for unit, cand, pick, share, order in zip(units, candidates, selected, shares, orders):
         kept_tokens = cand[pick]
         layout = unit.layout
         if layout.structural is not None and layout.structural.any():
@@ -313,6 +328,7 @@ def _keep_mask(valid, placeholders, units, candidates, selected, shares):
             n_tokens=layout.n_tokens, tokens_before=len(cand), tokens_after=len(pick),
             kept=kept_tokens.astype(np.int64), kept_positions=positions.astype(np.int64),
             select_seconds=share, grid=layout.grid,
+            order=None if order is None else order.astype(np.int64), copy_of=copy_of[unit.row],
         ))
     if rows_all:
         device = keep_mask.device

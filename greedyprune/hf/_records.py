@@ -93,6 +93,14 @@ class ImageRecord:
     select_seconds: float
     #: Patch layout for mapping ``kept`` back onto the image; None when unknown.
     grid: Optional[PatchGrid] = None
+    #: The selected tokens (indices as in ``kept``, structural tokens excluded) in the order the
+    #: selector picked them, for selectors with an order (the greedy rule); None otherwise, or
+    #: when the image kept every token.
+    order: Optional[np.ndarray] = None
+    #: The batch row this row is a copy of (identical inputs: beam search repeats each input
+    #: ``num_beams`` times, so its beams after the first point to the first), or None.
+    #: ``[r for r in handle.last if r.copy_of is None]`` holds one record per distinct input.
+    copy_of: Optional[int] = None
 
     def __repr__(self) -> str:
         return (f"ImageRecord(row={self.row}, index={self.index}, modality={self.modality!r}, "

@@ -1,0 +1,111 @@
+"""``PruneConfig``: one pruning setting (budget, method, λ, saliency, seed) as a value.
+
+``greedyprune.hf.attach(model, config)`` takes one (or the same fields as keyword arguments);
+the handle, evaluation reports and the lmms-eval models carry it, so that every result can
+say how it was produced. It validates on construction and round-trips through
+:meth:`PruneConfig.to_dict` / :meth:`PruneConfig.from_dict` (and so through JSON)::
+
+    config = PruneConfig(keep=64, saliency="cls", lam=0.25)
+    json.dumps(config.to_dict())
+    PruneConfig.from_dict(json.loads(text)) == config
+"""
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from typing import Any, Dict, Literal, Mapping, Optional, Tuple
+
+from . import _validate
+
+#: Where relevance comes from (see :func:`greedyprune.hf.attach`).
+Saliency = Literal["text", "cls", "query", "none"]
+SALIENCY: Tuple[str, ...] = ("text", "cls", "query", "none")
+
+#: The selector names shipped with the package (:func:`greedyprune.methods.names` lists these
+#: and any registered later).
+Method = Literal["greedyprune", "topk", "divprune", "cdpruner", "random", "uniform"]
+
+#: λ when none is given: diversity only, which kept the built-in model's answers best from 8% of
+#: the tokens up (README, "Does pruning keep the answers?"); weigh saliency in (``lam > 0``) for
+#: the smallest budgets.
+DEFAULT_LAM = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneConfig:
+    """How to prune: exactly one of ``keep`` (tokens per image, >= 1) and ``keep_ratio``
+    (fraction per image, in (0, 1], rounded up); ``method`` (a name from
+    :func:`greedyprune.methods.names`); ``lam`` in [0, 1] (weight of saliency against
+    diversity); ``saliency`` ("text", "cls", "query" or "none"); ``seed`` (for selectors that
+    draw at random). Invalid values raise ``TypeError``/``ValueError`` naming the field."""
+
+    keep: Optional[int] = None
+    keep_ratio: Optional[float] = None
+    method: str = "greedyprune"
+    lam: float = DEFAULT_LAM
+    saliency: str = "text"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        keep, keep_ratio = check_budget(self.keep, self.keep_ratio)
+        object.__setattr__(self, "keep", keep)
+        object.__setattr__(self, "keep_ratio", keep_ratio)
+        object.__setattr__(self, "lam", _validate.check_lam(self.lam))
+        if not isinstance(self.saliency, str) or self.saliency not in SALIENCY:
+            raise ValueError(f"saliency must be one of {', '.join(map(repr, SALIENCY))}, "
+                             f"got {self.saliency!r}")
+        from . import methods
+
+        methods.get(self.method)
+        if self.saliency == "none" and methods.needs_saliency(self.method):
+            raise ValueError(f"method {self.method!r} needs saliency: use saliency='text', 'cls' "
+                             f"or 'query' with it, or a method that works without (e.g. "
+                             f"'greedyprune')")
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        object.__setattr__(self, "seed", int(seed))
+
+    @property
+    def budget(self) -> str:
+        """``"keep=64"`` or ``"keep_ratio=0.25"``."""
+        return f"keep={self.keep}" if self.keep is not None else f"keep_ratio={self.keep_ratio}"
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The fields as plain JSON-ready values."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "PruneConfig":
+        """The config of :meth:`to_dict`'s output; unknown keys raise ``TypeError``."""
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown PruneConfig fields: {', '.join(unknown)}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "PruneConfig":
+        """A copy with ``changes`` applied (validated); giving ``keep`` clears ``keep_ratio``
+        and the other way round."""
+        if changes.get("keep") is not None:
+            changes.setdefault("keep_ratio", None)
+        if changes.get("keep_ratio") is not None:
+            changes.setdefault("keep", None)
+        return dataclasses.replace(self, **changes)
+
+
+def check_budget(keep, keep_ratio) -> Tuple[Optional[int], Optional[float]]:
+    """Exactly one of ``keep`` (an integer >= 1) and ``keep_ratio`` (a number in (0, 1])."""
+    if (keep is None) == (keep_ratio is None):
+        raise ValueError("give exactly one of keep (tokens per image) and keep_ratio "
+                         f"(fraction per image); got keep={keep!r}, keep_ratio={keep_ratio!r}")
+    if keep is not None:
+        if isinstance(keep, bool) or not isinstance(keep, numbers.Integral):
+            raise TypeError(f"keep must be a positive integer, got {type(keep).__name__}")
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1 (tokens kept per image), got {keep}")
+        return int(keep), None
+    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, numbers.Real):
+        raise TypeError(f"keep_ratio must be a number in (0, 1], got {type(keep_ratio).__name__}")
+    if not 0 < keep_ratio <= 1:  # compared before converting: NaN and huge integers fail it
+        raise ValueError(f"keep_ratio must be in (0, 1], got {_validate.number_text(keep_ratio)}")
+    return None, float(keep_ratio)
