@@ -16,11 +16,12 @@ that runs in milliseconds with the same 576 tokens.
 from __future__ import annotations
 
 import inspect
+import itertools
 import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -142,9 +143,10 @@ def load_local(path: str, device: Optional[str] = None, dtype: str = "auto"):
 
 @dataclass
 class PrunedRun:
-    """One method's pruned run in the demo."""
+    """One method's pruned run in the demo, at one budget (a token count or a fraction)."""
 
     method: str
+    keep: Union[int, float]
     tokens_after: int
     sequence_after: int
     prefill_seconds: float
@@ -162,26 +164,31 @@ class DemoResult:
     picture: Optional[Path]
     reference: Optional[str] = None
 
-    def speedup(self, method: str) -> float:
-        """Unpruned over pruned prefill time for ``method``."""
-        run = next(r for r in self.pruned if r.method == method)
+    def speedup(self, method: str, keep: Optional[Union[int, float]] = None) -> float:
+        """Unpruned over pruned prefill time for ``method`` at ``keep`` (default: its first
+        budget)."""
+        run = next(r for r in self.pruned if r.method == method and keep in (None, r.keep))
         return self.prefill_unpruned / run.prefill_seconds
 
 
 def run(model, processor, *, image: Any = None, question: str = DEFAULT_QUESTION,
-        keep: int = 64, methods: Sequence[str] = ("greedyprune",), lam: Optional[float] = None,
-        saliency: str = "text", out: Optional[str] = "greedyprune-demo.png", repeats: int = 3,
-        max_new_tokens: int = 8, reference: Optional[str] = None, scale: int = 2,
-        print_fn=print) -> DemoResult:
-    """Time the prefill unpruned and pruned by each method, answer every way, draw the kept
-    tokens of the first method."""
+        keeps: Sequence[Union[int, float]] = (64,), methods: Sequence[str] = ("greedyprune",),
+        lam: Optional[float] = None, saliency: str = "text",
+        out: Optional[str] = "greedyprune-demo.png", repeats: int = 3, max_new_tokens: int = 8,
+        reference: Optional[str] = None, scale: int = 2, print_fn=print) -> DemoResult:
+    """Time the prefill unpruned and pruned by each method at each budget in ``keeps`` (token
+    counts or fractions, as in :func:`greedyprune.evaluate.compare`), answer every way, draw
+    the kept tokens of the first method at the first budget."""
     import torch
 
     from . import methods as registry
-    from .evaluate import HFAnswerer, device_synchronizer
+    from .evaluate import HFAnswerer, _check_keeps, budget_arguments, device_synchronizer
     from .hf import attach
     from .viz import draw_record
 
+    keeps = _check_keeps(keeps)
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
     image = sample_image_path() if image is None else image
     answerer = HFAnswerer(model, processor, max_new_tokens=max_new_tokens, prompt="{question}",
                           lam=lam, saliency=saliency)
@@ -210,20 +217,21 @@ def run(model, processor, *, image: Any = None, question: str = DEFAULT_QUESTION
     answer_unpruned = answerer(image, question).text
     _print_header(reference, answer_unpruned, unpruned, repeats, print_fn)
     runs, picture = [], None
-    for number, method in enumerate(methods):
+    for number, (method, keep) in enumerate(itertools.product(methods, keeps)):
         order: List[Any] = []
         recording = _recording_selector(registry.get(method), method, order)
         with registry.registered("_demo_recording", recording) as name:
-            with attach(model, keep=keep, method=name, lam=lam, saliency=saliency) as handle:
+            with attach(model, **budget_arguments(keep), method=name, lam=lam,
+                        saliency=saliency) as handle:
                 pruned = prefill_seconds()
                 record = handle.last_prefill
         entry = record.images[0]
-        result = PrunedRun(method, sum(i.tokens_after for i in record.images),
+        result = PrunedRun(method, keep, sum(i.tokens_after for i in record.images),
                            int(record.seq_len_after), pruned, record.hook_seconds,
                            answerer(image, question, method, keep).text)
         runs.append(result)
         before = sum(i.tokens_before for i in record.images)
-        _print_run(result, before, sequence_before, unpruned, keep, lam, saliency, print_fn)
+        _print_run(result, before, sequence_before, unpruned, lam, saliency, print_fn)
         if out and number == 0:
             # Selection order is drawn only when every candidate token is an image patch, so
             # that the selector's indices are the image's token indices.
@@ -250,9 +258,9 @@ def _print_header(reference, answer, seconds, repeats, print_fn) -> None:
              f"(best of {repeats})")
 
 
-def _print_run(r: PrunedRun, before, sequence_before, unpruned, keep, lam, saliency,
+def _print_run(r: PrunedRun, before, sequence_before, unpruned, lam, saliency,
                print_fn) -> None:
-    print_fn(f"pruning:  method={r.method}, keep={keep}, lam={lam}, saliency={saliency}")
+    print_fn(f"pruning:  method={r.method}, keep={r.keep}, lam={lam}, saliency={saliency}")
     print_fn(f"  visual tokens: {before} -> {r.tokens_after}   "
              f"(sequence: {sequence_before} -> {r.sequence_after} tokens)")
     print_fn(f"  prefill: {r.prefill_seconds * 1e3:.1f} ms, speed-up "
@@ -295,9 +303,10 @@ class _seeded:
 
 def main(model_path: Optional[str] = None, *, random_weights: bool = False,
          image: Optional[str] = None, question: Optional[str] = None, seed: int = 0,
-         keep: Optional[int] = None, methods: Optional[Sequence[str]] = None,
-         out: str = "greedyprune-demo.png", size: str = "demo", device: Optional[str] = None,
-         repeats: int = 3, print_fn=print) -> DemoResult:
+         keeps: Optional[Sequence[Union[int, float]]] = None,
+         methods: Optional[Sequence[str]] = None, lam: Optional[float] = None,
+         saliency: str = "text", out: str = "greedyprune-demo.png", size: str = "demo",
+         device: Optional[str] = None, repeats: int = 3, print_fn=print) -> DemoResult:
     """The ``demo`` command: the built-in model on a generated scene (default), a local
     checkpoint (``model_path``) or a random-weight model (``random_weights``, or the test-only
     ``size="tiny"``) on a shipped photo; then :func:`run`."""
@@ -316,12 +325,12 @@ def main(model_path: Optional[str] = None, *, random_weights: bool = False,
         else:
             print_fn(f"image:    {image}")
         question = question or "How many circles are there?"
-        keep = 16 if keep is None else keep
+        keeps = keeps or [16]
         methods = methods or ["greedyprune", "divprune", "random"]
         scale = 3
     else:
         if model_path is None:
-            model, processor = random_llava(size), random_llava_processor()
+            model, processor = random_llava(size).to(device or "cpu"), random_llava_processor()
             print_fn(f"model:    {describe_random_llava(model)}")
         else:
             model, processor = load_local(model_path, device)
@@ -330,11 +339,12 @@ def main(model_path: Optional[str] = None, *, random_weights: bool = False,
                           "public domain)")
         print_fn(f"image:    {shown}")
         question = question or DEFAULT_QUESTION
-        keep = 64 if keep is None else keep
+        keeps = keeps or [64]
         methods = methods or ["greedyprune"]
     print_fn(f"question: {question}")
-    result = run(model, processor, image=image, question=question, keep=keep, methods=methods,
-                 out=out, repeats=repeats, reference=reference, scale=scale, print_fn=print_fn)
+    result = run(model, processor, image=image, question=question, keeps=keeps,
+                 methods=methods, lam=lam, saliency=saliency, out=out, repeats=repeats,
+                 reference=reference, scale=scale, print_fn=print_fn)
     print_fn(f"done in {time.perf_counter() - start:.1f} s")
     return result
 

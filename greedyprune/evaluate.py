@@ -8,8 +8,10 @@ questions the same way?". This module answers it on their own data::
     report = compare(answerer, load_records("cases.jsonl"), methods=["greedyprune", "random"],
                      keeps=[64, 128, 192])
     print(report.table())            # markdown; report.table("csv") for CSV
-    report.plot("accuracy.png")      # accuracy (or agreement) vs kept tokens, one line per method
+    report.plot("accuracy.png")      # accuracy (or agreement) vs kept tokens: a Figure, saved
     report.save("results/")          # table, per-answer CSV and plot
+    report.to_pandas()               # the summary as a DataFrame (in a notebook, the report
+                                     # itself shows as its table)
 
 For each record (an image, a question, optionally reference answers) the model answers once
 unpruned and once per (method, budget). Each answer is scored by
@@ -329,12 +331,11 @@ class HFAnswerer:
             if method is not None:
                 from .hf import attach
 
-                budget = {"keep_ratio": keep} if _is_ratio(keep) else {"keep": keep}
                 attach_options = {**self.attach_options, **options}
                 if attach_options["saliency"] == "none":  # λ has no effect there: say nothing
                     attach_options["lam"] = 0.0
-                handle = stack.enter_context(attach(self.model, method=method, **budget,
-                                                    **attach_options))
+                handle = stack.enter_context(attach(self.model, method=method,
+                                                    **budget_arguments(keep), **attach_options))
             timer = stack.enter_context(PrefillTimer(self.model))
             stack.enter_context(torch.inference_mode())
             output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
@@ -365,6 +366,12 @@ def visual_token_count(model: Any, input_ids: Any) -> Optional[int]:
 
 def _is_ratio(keep: Any) -> bool:
     return isinstance(keep, float) and 0.0 < keep < 1.0
+
+
+def budget_arguments(keep: Union[int, float]) -> Dict[str, Union[int, float]]:
+    """The budget as :func:`greedyprune.hf.attach` takes it: ``keep`` for a token count,
+    ``keep_ratio`` for a fraction."""
+    return {"keep_ratio": keep} if _is_ratio(keep) else {"keep": keep}
 
 
 def _load_image(image: Any) -> Any:
@@ -477,9 +484,7 @@ class Report:
 
     def table(self, fmt: str = "markdown") -> str:
         """The summary as a markdown table (``fmt="markdown"``) or CSV (``fmt="csv"``)."""
-        columns = ["method", "keep", "answers", "accuracy", "agreement", "prefill_ms",
-                   "speedup", "tokens_before", "tokens_after"]
-        columns += [c for c in ("accuracy_sd", "agreement_sd") if any(c in r for r in self.rows)]
+        columns = self._columns()
         if fmt == "csv":
             out = io.StringIO()
             writer = csv.DictWriter(out, columns, lineterminator="\n")
@@ -493,6 +498,12 @@ class Report:
                    "speedup": "{:.2f}x", "tokens_before": "{:.0f}", "tokens_after": "{:.0f}",
                    "accuracy_sd": "{:.3f}", "agreement_sd": "{:.3f}"}
         return _markdown(columns, self.rows, formats)
+
+    def _columns(self) -> List[str]:
+        columns = ["method", "keep", "answers", "accuracy", "agreement", "prefill_ms",
+                   "speedup", "tokens_before", "tokens_after"]
+        return columns + [c for c in ("accuracy_sd", "agreement_sd")
+                          if any(c in r for r in self.rows)]
 
     def table_by_category(self, fmt: str = "markdown") -> str:
         """Accuracy per category: markdown, one row per configuration and a column per
@@ -527,50 +538,78 @@ class Report:
                          for r in self.results)
         return out.getvalue()
 
-    def plot(self, path: Union[str, Path], metric: Optional[str] = None) -> Path:
-        """Save a PNG of ``metric`` ("accuracy" or "agreement"; default accuracy when the records
-        have references) against the budget, one line per method, the unpruned model dashed.
-        Needs matplotlib (``pip install greedyprune[plot]``)."""
+    def plot(self, path: Union[str, Path, None] = None, metric: Optional[str] = None):
+        """A matplotlib ``Figure`` of ``metric`` ("accuracy" or "agreement"; default accuracy
+        when the records have references) against the budget, one line per method, the
+        unpruned model dashed; saved as ``path`` (a PNG, or any format matplotlib writes) when
+        given. The figure is built without pyplot, so the process's backend and pyplot's
+        current figure stay as they were. Needs matplotlib (``pip install matplotlib``, or the
+        ``greedyprune[viz]`` extra)."""
         try:
-            import matplotlib
-
-            matplotlib.use("Agg")  # files only: no display needed
-            import matplotlib.pyplot as plt
+            from matplotlib.figure import Figure
         except ImportError:
             raise ImportError("Report.plot needs matplotlib: pip install matplotlib "
-                              "(or greedyprune[plot])") from None
+                              "(or greedyprune[viz])") from None
         if metric is None:
             metric = "accuracy" if self.rows and self.rows[0]["accuracy"] is not None else "agreement"
         if metric not in ("accuracy", "agreement"):
             raise ValueError(f"metric must be 'accuracy' or 'agreement', got {metric!r}")
-        figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-        try:
-            for method in self.methods:
-                points = sorted((row["keep"], row[metric]) for row in self.rows
-                                if row["method"] == method and row[metric] is not None)
-                if points:
-                    axes.plot(*zip(*points), marker="o", label=method)
-            base = [row[metric] for row in self.rows if row["method"] == UNPRUNED]
-            if base and base[0] is not None:
-                axes.axhline(base[0], color="gray", linestyle="--", label=UNPRUNED)
-            ratio = any(_is_ratio(k) for k in self.keeps)
-            axes.set_xlabel("kept fraction of visual tokens" if ratio
-                            else "kept visual tokens per image")
-            axes.set_ylabel(metric + (" with the unpruned answer" if metric == "agreement"
-                                      else " (VQA)"))
-            axes.set_ylim(-0.02, 1.02)
-            axes.set_xticks(sorted(set(self.keeps)))
-            axes.grid(alpha=0.3)
-            axes.legend()
-            axes.set_title(f"{self.model or 'model'}: {metric} vs budget "
-                           f"({len({r.record for r in self.results})} cases)", fontsize=10)
-            figure.tight_layout()
+        figure = Figure(figsize=(6.4, 4.2), dpi=120)
+        axes = figure.subplots()
+        for method in self.methods:
+            points = sorted((row["keep"], row[metric]) for row in self.rows
+                            if row["method"] == method and row[metric] is not None)
+            if points:
+                axes.plot(*zip(*points), marker="o", label=method)
+        base = [row[metric] for row in self.rows if row["method"] == UNPRUNED]
+        if base and base[0] is not None:
+            axes.axhline(base[0], color="gray", linestyle="--", label=UNPRUNED)
+        ratio = any(_is_ratio(k) for k in self.keeps)
+        axes.set_xlabel("kept fraction of visual tokens" if ratio
+                        else "kept visual tokens per image")
+        axes.set_ylabel(metric + (" with the unpruned answer" if metric == "agreement"
+                                  else " (VQA)"))
+        axes.set_ylim(-0.02, 1.02)
+        axes.set_xticks(sorted(set(self.keeps)))
+        axes.grid(alpha=0.3)
+        axes.legend()
+        axes.set_title(f"{self.model or 'model'}: {metric} vs budget ({self._cases()} cases)",
+                       fontsize=10)
+        figure.tight_layout()
+        if path is not None:
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
             figure.savefig(path)
-        finally:
-            plt.close(figure)
-        return path
+        return figure
+
+    def to_pandas(self):
+        """The summary (:meth:`table`'s rows and columns) as a pandas ``DataFrame``. For every
+        answer instead: ``pandas.DataFrame(map(dataclasses.asdict, report.results))``."""
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError("Report.to_pandas needs pandas: pip install pandas") from None
+        return pandas.DataFrame.from_records(self.rows, columns=self._columns())
+
+    def _repr_markdown_(self) -> str:
+        """The summary tables, as Jupyter shows a report."""
+        return (f"**{self.model or 'model'}**, {self._cases()} cases\n\n"
+                + self._summary_markdown())
+
+    def __repr__(self) -> str:
+        return (f"Report(model={self.model!r}, cases={self._cases()}, "
+                f"methods={self.methods}, keeps={self.keeps}, answers={len(self.results)})")
+
+    def _cases(self) -> int:
+        return len({r.record for r in self.results})
+
+    def _summary_markdown(self) -> str:
+        """:meth:`table`, then :meth:`table_by_category` when the records have categories."""
+        markdown = self.table("markdown")
+        if self.categories():
+            markdown += ("\nAccuracy by category (agreement with the unpruned answer in "
+                         "parentheses):\n\n" + self.table_by_category())
+        return markdown
 
     def save(self, folder: Union[str, Path]) -> Dict[str, Path]:
         """Write ``summary.md``, ``summary.csv``, ``answers.csv``, ``settings.json`` (how each
@@ -580,21 +619,19 @@ class Report:
         folder.mkdir(parents=True, exist_ok=True)
         paths = {name: folder / name for name in
                  ("summary.md", "summary.csv", "answers.csv", "settings.json")}
-        markdown = self.table("markdown")
         if self.categories():
-            markdown += ("\nAccuracy by category (agreement with the unpruned answer in "
-                         "parentheses):\n\n" + self.table_by_category())
             paths["summary_by_category.csv"] = folder / "summary_by_category.csv"
             paths["summary_by_category.csv"].write_text(self.table_by_category("csv"),
                                                         encoding="utf-8")
-        paths["summary.md"].write_text(markdown, encoding="utf-8")
+        paths["summary.md"].write_text(self._summary_markdown(), encoding="utf-8")
         paths["summary.csv"].write_text(self.table("csv"), encoding="utf-8")
         paths["answers.csv"].write_text(self.results_csv(), encoding="utf-8")
         paths["settings.json"].write_text(json.dumps(
-            {"model": self.model, "records": len({r.record for r in self.results}),
+            {"model": self.model, "records": self._cases(),
              "settings": self.settings}, indent=1) + "\n", encoding="utf-8")
         try:
-            paths["plot.png"] = self.plot(folder / "plot.png")
+            self.plot(folder / "plot.png")
+            paths["plot.png"] = folder / "plot.png"
         except ImportError:
             pass  # the tables are the result; the plot is a convenience
         return paths

@@ -1,6 +1,7 @@
 """The command line, end to end: ``python -m greedyprune demo`` on the random-weight model (tiny
 widths, same 576 visual tokens) and on a local checkpoint, and ``python -m greedyprune eval`` on
 a tiny saved checkpoint and a JSONL file made here. No download anywhere."""
+import argparse
 import csv
 import json
 import os
@@ -13,8 +14,8 @@ from PIL import Image
 
 pytest.importorskip("transformers")
 
-from greedyprune import demo  # noqa: E402
-from greedyprune.__main__ import build_parser, main  # noqa: E402
+from greedyprune import __version__, builtin, demo  # noqa: E402
+from greedyprune.__main__ import EVAL_METHODS, build_parser, main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,36 +89,241 @@ def test_eval_command_end_to_end(checkpoint, tmp_path, capsys):
         assert plot.format == "PNG"
 
 
+def test_demo_runs_every_method_at_every_budget(capsys, tmp_path):
+    # Fractions as in eval; --lam and --saliency as in eval.
+    assert main(["demo", "--model-size", "tiny", "--keep", "0.1,0.25", "--method",
+                 "greedyprune,uniform", "--lam", "0.3", "--saliency", "cls", "--repeats", "1",
+                 "--out", str(tmp_path / "kept.png")]) == 0
+    text = capsys.readouterr().out
+    runs = [line for line in text.splitlines() if line.startswith("pruning:")]
+    assert runs == [f"pruning:  method={m}, keep={k}, lam=0.3, saliency=cls"
+                    for m in ("greedyprune", "uniform") for k in (0.1, 0.25)]
+    # ceil(0.1 * 576) and 0.25 * 576 tokens kept, each method in turn.
+    assert text.count("visual tokens: 576 -> 58 ") == 2
+    assert text.count("visual tokens: 576 -> 144 ") == 2
+    with Image.open(tmp_path / "kept.png") as picture:
+        assert picture.width == 672   # the first method at the first budget is drawn
+
+
+def test_demo_speedup_per_method_and_budget():
+    runs = [demo.PrunedRun("greedyprune", keep, keep, 24 + keep, seconds, 0.001, "a")
+            for keep, seconds in ((16, 0.050), (32, 0.080))]
+    result = demo.DemoResult(tokens_before=576, sequence_before=600, prefill_unpruned=0.1,
+                             answer_unpruned="a", pruned=runs, picture=None)
+    assert result.speedup("greedyprune") == pytest.approx(2.0)   # its first budget
+    assert result.speedup("greedyprune", 32) == pytest.approx(1.25)
+
+
 def test_defaults_are_the_realistic_ones():
     args = build_parser().parse_args(["demo"])
     # None: chosen by model (16 of the built-in model's 144 tokens, 64 of LLaVA-1.5's 576).
-    assert (args.model_size, args.keep, args.method, args.model) == ("demo", None, None, None)
+    assert (args.model_size, args.keep, args.methods, args.model) == ("demo", None, None, None)
+    assert (args.lam, args.saliency, args.repeats) == (None, "text", 3)
     assert not args.random_weights
     widths = demo.SIZES["demo"]
     assert widths["text"]["num_hidden_layers"] >= 8 and widths["text"]["hidden_size"] >= 1024
     args = build_parser().parse_args(["eval"])
     assert (args.model, args.data, args.num_questions, args.seed) == (None, None, 200, 0)
-    assert args.methods == ["greedyprune", "divprune", "topk", "random"]
+    assert args.methods is None and EVAL_METHODS == ["greedyprune", "divprune", "topk", "random"]
     assert args.keep is None and args.seeds == [0] and args.prompt is None
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["eval", "--model", "m", "--data", "d", "--methods", "fastv"], "unknown method 'fastv'"),
-    (["eval", "--model", "m", "--data", "d", "--keep", "a,b"], "comma-separated"),
-    (["demo", "--method", "nope"], "unknown method 'nope'"),
-    (["eval", "--model", "m", "--data", "d", "--keep", "64,0.5"], "all token counts or all"),
-    (["eval", "--model", "m", "--data", "missing.jsonl"], "--data: [Errno 2]"),
-    (["eval", "--num-questions", "0"], "expected a positive integer"),
-    (["eval", "--limit", "-3"], "expected a positive integer"),
-    (["eval", "--seeds", "1,-2"], "non-negative integers"),
-    (["eval", "--prompt", "Answer briefly."], "must contain {question}"),
-    (["eval", "--lam", "1.5"], "--lam: must be in [0, 1]"),
-    (["demo", "--keep", "0"], "expected a positive integer"),
-    (["demo", "--model", "m", "--random-weights"], "not allowed with argument"),
-    ([], "COMMAND"),
+def _commands(parser):
+    """The subcommands' parsers, by name."""
+    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return subparsers.choices
+
+
+def test_every_option_has_help():
+    parser = build_parser()
+    for command in [parser, *_commands(parser).values()]:
+        for action in command._actions:
+            if action.option_strings == ["--model-size"]:
+                assert action.help == argparse.SUPPRESS  # for the test suite only
+            else:
+                assert action.help and action.help.strip(), action.option_strings
+
+
+@pytest.mark.parametrize("option", ["--model", "--device", "--methods", "--method", "--keep",
+                                    "--lam", "--saliency"])
+def test_demo_and_eval_share_option_definitions(option):
+    commands = _commands(build_parser())
+    demo_action, eval_action = (commands[name]._option_string_actions[option]
+                                for name in ("demo", "eval"))
+    assert demo_action.option_strings == eval_action.option_strings
+    assert (demo_action.dest, demo_action.type, demo_action.choices, demo_action.default) == (
+        eval_action.dest, eval_action.type, eval_action.choices, eval_action.default)
+
+
+@pytest.mark.parametrize("command", ["demo", "eval"])
+def test_demo_and_eval_parse_pruning_options_alike(command):
+    args = build_parser().parse_args([command, "--method", "topk,random", "--keep", "0.1,0.25",
+                                      "--lam", "0.5", "--saliency", "query"])
+    assert (args.methods, args.keep, args.lam, args.saliency) == (
+        ["topk", "random"], [0.1, 0.25], 0.5, "query")
+    args = build_parser().parse_args([command, "--methods", " divprune ", "--keep", "64,128"])
+    assert (args.methods, args.keep) == (["divprune"], [64, 128])
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fails the test if a command gets as far as building or loading a model."""
+    def load(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(builtin, "load", load)
+    monkeypatch.setattr(demo, "load_local", load)
+    monkeypatch.setattr(demo, "random_llava", load)
+
+
+@pytest.fixture
+def places(tmp_path):
+    """A text file, an empty folder and a folder with a config.json, under tmp_path."""
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    return tmp_path
+
+
+HUB_ID = "llava-hf/llava-1.5-7b-hf"
+
+
+# TMP stands for the places fixture's folder, in the arguments and in the message.
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--repeats", "0"], "argument --repeats: expected a positive integer, got '0'"),
+    (["demo", "--keep", "0"], "argument --keep: keeps must be token counts (integers >= 1) or "
+                              "fractions (floats in (0, 1)), got 0"),
+    (["eval", "--keep", "1.5"], "argument --keep: keeps must be token counts (integers >= 1) "
+                                "or fractions (floats in (0, 1)), got 1.5"),
+    (["demo", "--keep", "64,0.5"], "argument --keep: keeps must be all token counts or all "
+                                   "fractions, got [64, 0.5]"),
+    (["eval", "--keep", "a,b"], "argument --keep: expected token counts (64,128) or fractions "
+                                "(0.1,0.25), got 'a'"),
+    (["eval", "--keep", "64,64"], "argument --keep: 64 given more than once in '64,64'"),
+    (["demo", "--keep", ","], "argument --keep: expected a comma-separated list, got ','"),
+    (["demo", "--lam", "nan"], "argument --lam: expected a number in [0, 1], got 'nan'"),
+    (["eval", "--lam", "2"], "argument --lam: expected a number in [0, 1], got '2'"),
+    (["demo", "--method", "nope"], "argument --methods/--method: unknown method 'nope'; known "
+                                   "methods: greedyprune, topk, divprune, cdpruner, random, "
+                                   "uniform"),
+    (["eval", "--methods", "random,fastv"], "argument --methods/--method: unknown method "
+                                            "'fastv'; known methods: greedyprune, topk, "
+                                            "divprune, cdpruner, random, uniform"),
+    (["eval", "--methods", "random,random"], "argument --methods/--method: random given more "
+                                             "than once in 'random,random'"),
+    (["eval", "--saliency", "none"], "argument --saliency: method topk needs saliency; choose "
+                                     "text, cls or query, or leave topk out of --methods"),
+    (["demo", "--saliency", "none", "--lam", "0.5"], "argument --lam: has no effect with "
+                                                     "--saliency none (diversity only), got 0.5"),
+    (["demo", "--image", "missing.jpg"], "argument --image: no image file 'missing.jpg'"),
+    (["demo", "--image", "TMP/empty"], "argument --image: no image file 'TMP/empty'"),
+    (["demo", "--image", "TMP/notes.txt"], "argument --image: 'TMP/notes.txt' is not an image "
+                                           "file Pillow can read"),
+    (["demo", "--question", " "], "argument --question: expected some text, got an empty "
+                                  "string"),
+    (["demo", "--seed", "-1"], "argument --seed: expected a non-negative integer, got '-1'"),
+    (["eval", "--seeds", "1,-2"], "argument --seeds: expected a non-negative integer, got '-2'"),
+    (["demo", "--out", "picture"], "argument --out: expected a picture file name such as "
+                                   "demo.png or demo.jpg, got 'picture'"),
+    (["demo", "--out", "TMP/notes.txt/kept.png"], "argument --out: cannot write "
+                                                  "'TMP/notes.txt/kept.png': 'TMP/notes.txt' "
+                                                  "is a file"),
+    (["eval", "--out", "TMP/notes.txt"], "argument --out: 'TMP/notes.txt' is a file; expected "
+                                         "a folder"),
+    (["demo", "--device", "abc"], "argument --device: expected a device such as cpu, cuda or "
+                                  "cuda:1, got 'abc'"),
+    (["demo", "--model", HUB_ID], f"argument --model: no folder '{HUB_ID}': only local "
+                                  "checkpoint folders are read (nothing is downloaded). To use "
+                                  f"the Hugging Face Hub model {HUB_ID}, download it first: hf "
+                                  f"download {HUB_ID} --local-dir DIR (or huggingface-cli "
+                                  f"download {HUB_ID} --local-dir DIR), then pass --model DIR"),
+    (["eval", "--model", "./my-llava"], "argument --model: no folder './my-llava': only local "
+                                        "checkpoint folders are read (nothing is downloaded)"),
+    (["eval", "--model", "TMP/empty"], "argument --model: 'TMP/empty' is not a checkpoint "
+                                       "folder: it has no config.json"),
+    (["eval", "--model", "TMP/notes.txt"], "argument --model: expected a checkpoint folder, got "
+                                           "the file 'TMP/notes.txt'"),
+    (["demo", "--random-weights", "--model", "TMP/ckpt"], "argument --model: not allowed with "
+                                                          "argument --random-weights"),
+    (["eval", "--model", "TMP/ckpt", "--data", "missing.jsonl"],
+     "argument --data: [Errno 2] No such file or directory: 'missing.jsonl'"),
+    (["eval", "--num-questions", "0"], "argument --num-questions: expected a positive integer, "
+                                       "got '0'"),
+    (["eval", "--limit", "-3"], "argument --limit: expected a positive integer, got '-3'"),
+    (["eval", "--max-new-tokens", "x"], "argument --max-new-tokens: expected a positive "
+                                        "integer, got 'x'"),
+    (["eval", "--prompt", "Answer briefly."], "argument --prompt: the prompt must contain "
+                                              "{question}, got 'Answer briefly.'"),
+    (["eval", "--prompt", "{question} in {n} words"],
+     "argument --prompt: the prompt may hold no braces but {question} (write {{ and }} for "
+     "literal ones), got '{question} in {n} words'"),
 ])
-def test_bad_command_lines_exit_with_a_message(argv, words, capsys):
+def test_bad_command_lines_exit_before_any_model_loads(argv, message, places, no_model,
+                                                       monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["greedyprune"])  # as the console script is invoked
     with pytest.raises(SystemExit) as exit_info:
-        main(argv)
+        main([arg.replace("TMP", str(places)) for arg in argv])
     assert exit_info.value.code == 2
-    assert words in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: greedyprune {argv[0]} ")
+    assert err.splitlines()[-1] == (f"greedyprune {argv[0]}: error: "
+                                    + message.replace("TMP", str(places)))
+
+
+def test_a_device_this_machine_lacks_is_refused(no_model, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(sys, "argv", ["greedyprune"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--device", "cuda:99"])
+    assert exit_info.value.code == 2
+    expected = ("this machine has {} cuda device(s), numbered from 0".format(
+        torch.cuda.device_count()) if torch.cuda.is_available() else "no cuda device on this "
+                                                                      "machine")
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"greedyprune eval: error: argument --device: 'cuda:99': {expected}")
+
+
+def test_no_command(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["greedyprune"])
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "greedyprune: error: the following arguments are required: COMMAND")
+
+
+def test_demo_run_checks_its_arguments_first():
+    # No model is touched before the arguments are checked (None would fail at once).
+    with pytest.raises(ValueError, match=r"^repeats must be a positive integer, got 0$"):
+        demo.run(None, None, repeats=0)
+    with pytest.raises(ValueError, match=r"^keeps must hold at least one budget$"):
+        demo.run(None, None, keeps=[])
+
+
+def _run(command, *args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_usage_names_the_command_as_invoked(tmp_path):
+    as_module = [sys.executable, "-m", "greedyprune"]
+    python = Path(sys.executable).name
+    version = _run(as_module, "--version")
+    assert (version.returncode, version.stdout) == (0, f"greedyprune {__version__}\n")
+    bad = _run(as_module, "demo", "--repeats", "0")
+    assert bad.returncode == 2
+    assert bad.stderr.startswith(f"usage: {python} -m greedyprune demo [-h]")
+    assert bad.stderr.splitlines()[-1] == (f"{python} -m greedyprune demo: error: argument "
+                                           "--repeats: expected a positive integer, got '0'")
+    # What the installed console script runs.
+    script = tmp_path / "greedyprune"
+    script.write_text("import sys\nfrom greedyprune.__main__ import main\nsys.exit(main())\n")
+    version = _run([sys.executable, str(script)], "--version")
+    assert (version.returncode, version.stdout) == (0, f"greedyprune {__version__}\n")
+    bad = _run([sys.executable, str(script)], "eval", "--lam", "2")
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("usage: greedyprune eval [-h]")
+    assert bad.stderr.splitlines()[-1] == ("greedyprune eval: error: argument --lam: expected "
+                                           "a number in [0, 1], got '2'")

@@ -4,6 +4,8 @@ real (tiny, random-weight) LLaVA through HFAnswerer."""
 import csv
 import io
 import json
+import sys
+import types
 
 import numpy as np
 
@@ -216,6 +218,97 @@ def test_saved_files_with_categories(tmp_path):
     answers = list(csv.DictReader(open(paths["answers.csv"])))
     assert {a["seed"] for a in answers if a["method"] == "random"} == {"0", "1"}
     assert {a["category"] for a in answers} == {"colour", "count"}
+
+
+# --- the report in a notebook -----------------------------------------------------------------
+
+
+@pytest.fixture
+def other_backend():
+    """A non-interactive backend other than Agg as the process's, restored afterwards: a plot
+    that switched the backend (to Agg, say) would leave another one behind."""
+    matplotlib = pytest.importorskip("matplotlib")
+    previous = matplotlib.get_backend()
+    matplotlib.use("svg")
+    yield "svg"
+    matplotlib.use(previous)
+
+
+def test_plot_returns_a_figure_and_leaves_pyplot_alone(tmp_path, other_backend):
+    import matplotlib
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    report = compare(Scripted(), cases(), ["greedyprune", "random"], [16, 32], progress=False,
+                     model="scripted")
+    figures_before = plt.get_fignums()
+    figure = report.plot()
+    assert isinstance(figure, Figure) and figure.canvas.manager is None  # not pyplot's
+    assert matplotlib.get_backend() == other_backend
+    assert plt.get_fignums() == figures_before
+    assert list(tmp_path.iterdir()) == []  # no path: nothing written
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    assert set(lines) == {"greedyprune", "random", "unpruned"}
+    assert list(lines["random"].get_xdata()) == [16, 32]
+    assert list(lines["random"].get_ydata()) == [report.rows[3]["accuracy"],
+                                                 report.rows[4]["accuracy"]]
+    saved = report.plot(tmp_path / "sub" / "agreement.png", metric="agreement")
+    assert isinstance(saved, Figure) and matplotlib.get_backend() == other_backend
+    with Image.open(tmp_path / "sub" / "agreement.png") as picture:
+        assert picture.format == "PNG"
+    agreement = {line.get_label(): list(line.get_ydata()) for line in saved.axes[0].get_lines()}
+    assert agreement["greedyprune"] == [1.0, 1.0] and agreement["random"] == [0.0, 1.0]
+
+
+def test_plot_without_matplotlib_names_an_extra_that_exists(monkeypatch):
+    import tomllib
+    from pathlib import Path
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if not installed
+    report = compare(Scripted(), cases(), ["random"], [16], progress=False)
+    with pytest.raises(ImportError) as error:
+        report.plot()
+    message = str(error.value)
+    assert message == ("Report.plot needs matplotlib: pip install matplotlib "
+                       "(or greedyprune[viz])")
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+    assert "matplotlib" in extras["viz"]
+
+
+def test_report_shows_as_its_tables_in_a_notebook():
+    report = compare(Scripted(), cases(), ["greedyprune", "random"], [16, 32], progress=False,
+                     model="scripted")
+    markdown = report._repr_markdown_()
+    assert markdown == "**scripted**, 3 cases\n\n" + report.table()
+    assert "| random | 16 | 3 | 0.500 | 0.000 | 25.0 | 4.00x | 64 | 16 |" in markdown
+    assert repr(report) == ("Report(model='scripted', cases=3, methods=['greedyprune', "
+                            "'random'], keeps=[16, 32], answers=15)")
+    categorized_report = compare(Optioned(), categorized(), ["random"], [8], seeds=[0, 1],
+                                 progress=False)
+    markdown = categorized_report._repr_markdown_()
+    assert markdown.startswith("**model**, 4 cases\n\n")
+    assert categorized_report.table_by_category() in markdown
+
+
+def test_to_pandas_builds_the_summary_frame(monkeypatch):
+    report = compare(Optioned(), categorized(), ["random"], [8], seeds=[0, 1], progress=False)
+    calls = []
+    fake = types.ModuleType("pandas")
+    fake.DataFrame = types.SimpleNamespace(
+        from_records=lambda data, columns: calls.append((data, columns)) or "frame")
+    monkeypatch.setitem(sys.modules, "pandas", fake)
+    assert report.to_pandas() == "frame"
+    (data, columns), = calls
+    assert data == report.rows
+    assert columns == report.table("csv").splitlines()[0].split(",")  # the table's columns
+
+
+def test_to_pandas_without_pandas_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as if not installed
+    report = compare(Scripted(), cases(), ["random"], [16], progress=False)
+    with pytest.raises(ImportError, match=r"^Report.to_pandas needs pandas: pip install pandas$"):
+        report.to_pandas()
 
 
 @pytest.mark.parametrize("kwargs, error, words", [

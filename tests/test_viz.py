@@ -280,3 +280,24 @@ def test_video_record_draws_one_panel_per_frame_view():
     # The second panel shows the frame at its share of the list (frame 2 of 4).
     right = np.asarray(out)[-40:, 60 + 8:]
     assert right[20, 45].tolist() == [20, 20, 20]
+
+
+def test_records_have_short_reprs():
+    from greedyprune.hf import ImageRecord, PatchGrid, PrefillRecord
+
+    grid = PatchGrid(patch_side=24, token_source=np.zeros((576, 3), dtype=np.int64))
+    kept = np.arange(0, 576, 9)
+    image = ImageRecord(row=0, index=1, index_in_row=1, modality="image", n_tokens=576,
+                        tokens_before=576, tokens_after=64, kept=kept, kept_positions=kept + 5,
+                        select_seconds=0.00125, grid=grid)
+    record = PrefillRecord(images=(image, image), seq_len_before=1200, seq_len_after=176,
+                           source_positions=np.zeros((1, 176), dtype=np.int64),
+                           seconds={"select": 0.0025, "gather": 0.001})
+    # Counts, not index lists: a record shows in a notebook in a line or two.
+    assert repr(grid) == "PatchGrid(patch_side=24, tokens=576)"
+    assert repr(next_grid()) == ("PatchGrid(patch_side=2, tokens=14, crop_grid=(1, 2), "
+                                 "canvas_pixels=(20, 40), image_size=(20, 40))")
+    assert repr(image) == ("ImageRecord(row=0, index=1, modality='image', tokens 576 -> 64, "
+                           "n_tokens=576, select=1.25 ms)")
+    assert repr(record) == ("PrefillRecord(images=2, visual tokens 1152 -> 128, sequence "
+                            "1200 -> 176, hook=3.50 ms)")

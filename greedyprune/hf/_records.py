@@ -123,6 +123,13 @@ class PrefillRecord:
     #: the shorter inputs), plus "cls" (the [CLS]-attention probe in the vision tower) when used.
     seconds: dict = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        before = sum(image.tokens_before for image in self.images)
+        after = sum(image.tokens_after for image in self.images)
+        return (f"PrefillRecord(images={len(self.images)}, visual tokens {before} -> {after}, "
+                f"sequence {self.seq_len_before} -> {self.seq_len_after}, "
+                f"hook={self.hook_seconds * 1e3:.2f} ms)")
+
     @property
     def hook_seconds(self) -> float:
         """Total time of the hook's own work (everything but the model's own layers)."""
