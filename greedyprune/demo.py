@@ -23,7 +23,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-import numpy as np
 
 DEFAULT_QUESTION = "What is the person in the picture wearing?"
 
@@ -181,7 +180,6 @@ def run(model, processor, *, image: Any = None, question: str = DEFAULT_QUESTION
     the kept tokens of the first method at the first budget."""
     import torch
 
-    from . import methods as registry
     from .evaluate import HFAnswerer, _check_keeps, budget_arguments, device_synchronizer
     from .hf import attach
     from .viz import draw_record
@@ -218,13 +216,10 @@ def run(model, processor, *, image: Any = None, question: str = DEFAULT_QUESTION
     _print_header(reference, answer_unpruned, unpruned, repeats, print_fn)
     runs, picture = [], None
     for number, (method, keep) in enumerate(itertools.product(methods, keeps)):
-        order: List[Any] = []
-        recording = _recording_selector(registry.get(method), method, order)
-        with registry.registered("_demo_recording", recording) as name:
-            with attach(model, **budget_arguments(keep), method=name, lam=lam,
-                        saliency=saliency) as handle:
-                pruned = prefill_seconds()
-                record = handle.last_prefill
+        with attach(model, **budget_arguments(keep), method=method, lam=lam,
+                    saliency=saliency) as handle:
+            pruned = prefill_seconds()
+            record = handle.last_prefill
         entry = record.images[0]
         result = PrunedRun(method, keep, sum(i.tokens_after for i in record.images),
                            int(record.seq_len_after), pruned, record.hook_seconds,
@@ -233,13 +228,9 @@ def run(model, processor, *, image: Any = None, question: str = DEFAULT_QUESTION
         before = sum(i.tokens_before for i in record.images)
         _print_run(result, before, sequence_before, unpruned, lam, saliency, print_fn)
         if out and number == 0:
-            # Selection order is drawn only when every candidate token is an image patch, so
-            # that the selector's indices are the image's token indices.
-            ranks = order[-1] if order and entry.tokens_before == entry.n_tokens else None
             title = (f"{method}: {entry.tokens_after} of {entry.tokens_before} visual tokens kept"
-                     + (" (numbered in pick order)" if ranks is not None else ""))
-            drawing = draw_record(image, entry, scale=scale, title=title,
-                                  **({"order": ranks} if ranks is not None else {}))
+                     + (" (numbered in pick order)" if entry.order is not None else ""))
+            drawing = draw_record(image, entry, scale=scale, title=title)
             picture = Path(out)
             picture.parent.mkdir(parents=True, exist_ok=True)
             drawing.save(picture)
@@ -267,24 +258,6 @@ def _print_run(r: PrunedRun, before, sequence_before, unpruned, lam, saliency,
              f"{unpruned / r.prefill_seconds:.2f}x over unpruned (the pruning hook itself: "
              f"{r.hook_seconds * 1e3:.1f} ms)")
     print_fn(f"  answer:  {ascii(r.answer)}")
-
-
-def _recording_selector(selector, method: str, order: list):
-    """The selector, noting the selection order of its last call when the method is the
-    greedy rule (whose order is meaningful, and which the core returns at no extra cost)."""
-    if method != "greedyprune":
-        return selector
-
-    def recording(features, k, saliency=None, *, lam=0.5, seed=0):
-        import greedyprune
-
-        picks, _ = greedyprune.greedy(features, k, saliency, lam)
-        order.append(picks[0] if picks.ndim == 2 else picks)
-        if hasattr(picks, "sort") and not isinstance(picks, np.ndarray):  # a torch tensor
-            return picks.sort(dim=-1).values
-        return np.sort(picks, axis=-1)  # what select returns: the same picks, sorted
-
-    return recording
 
 
 class _seeded:

@@ -41,7 +41,10 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+
+if TYPE_CHECKING:
+    from .config import PruneConfig
 
 __all__ = ["Answer", "HFAnswerer", "Record", "Report", "Result", "Setting", "compare",
            "load_records", "normalize_answer", "vqa_accuracy"]
@@ -611,6 +614,23 @@ class Report:
                          "parentheses):\n\n" + self.table_by_category())
         return markdown
 
+    def config(self, label: str, keep: Union[int, float], seed: int = 0) -> "PruneConfig":
+        """The :class:`~greedyprune.PruneConfig` that produced the answers of method ``label``
+        at budget ``keep`` (``seed``: which run of a seeded method)."""
+        from .config import PruneConfig
+
+        if label not in self.settings or keep not in self.keeps:
+            raise KeyError(f"no configuration {label!r} at keep={keep!r} in this report")
+        fields = {k: v for k, v in self.settings[label].items() if k != "seeds"}
+        return PruneConfig(**budget_arguments(keep), seed=seed, **fields)
+
+    def configs(self) -> List[Dict[str, Any]]:
+        """Every configuration of the report as ``{"label", **PruneConfig.to_dict()}``."""
+        seeds = {label: self.settings.get(label, {}).get("seeds", [0]) for label in self.methods}
+        return [{"label": label, **self.config(label, keep, seed).to_dict()}
+                for label in self.methods if label in self.settings
+                for keep in self.keeps for seed in seeds[label]]
+
     def save(self, folder: Union[str, Path]) -> Dict[str, Path]:
         """Write ``summary.md``, ``summary.csv``, ``answers.csv``, ``settings.json`` (how each
         method label was produced), with categories ``summary_by_category.csv``, and (with
@@ -627,8 +647,8 @@ class Report:
         paths["summary.csv"].write_text(self.table("csv"), encoding="utf-8")
         paths["answers.csv"].write_text(self.results_csv(), encoding="utf-8")
         paths["settings.json"].write_text(json.dumps(
-            {"model": self.model, "records": self._cases(),
-             "settings": self.settings}, indent=1) + "\n", encoding="utf-8")
+            {"model": self.model, "records": self._cases(), "settings": self.settings,
+             "configs": self.configs()}, indent=1) + "\n", encoding="utf-8")
         try:
             self.plot(folder / "plot.png")
             paths["plot.png"] = folder / "plot.png"
@@ -687,7 +707,7 @@ def compare(
     if batch_size > 1:
         with _progress_bar(total, progress) as bar:
             results = _compare_batched(answerer, records, runs, keeps, batch_size, bar)
-        return _report(results, settings, labels, keeps, seeds, model)
+        return _report(results, settings, labels, keeps, seeds, model, answerer)
     with _progress_bar(total, progress) as bar:
         for n, record in enumerate(records):
             name = record.id or str(n)
@@ -702,11 +722,13 @@ def compare(
                     bar.update(1)
                     results.append(_result(name, setting.name, keep, answer, reference, record,
                                            seed))
-    return _report(results, settings, labels, keeps, seeds, model)
+    return _report(results, settings, labels, keeps, seeds, model, answerer)
 
 
-def _report(results, settings, labels, keeps, seeds, model) -> Report:
-    described = {s.name: {"method": s.method, **s.options(),
+def _report(results, settings, labels, keeps, seeds, model, answerer) -> Report:
+    # The answerer's own options (HFAnswerer's attach options) complete each setting's.
+    defaults = {k: v for k, v in getattr(answerer, "attach_options", {}).items() if k != "seed"}
+    described = {s.name: {"method": s.method, **defaults, **s.options(),
                           **({"seeds": seeds} if s.method in SEEDED_METHODS else {})}
                  for s in settings}
     return Report(results, labels, keeps, model=model, settings=described)

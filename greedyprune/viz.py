@@ -247,16 +247,17 @@ def draw_record(image: Any, record: Any, image_index: int = 0, *, config: Any = 
 
     ``record`` is ``handle.last`` (a ``PrefillRecord``), one of its per-image entries, or a dict
     with the same fields; ``image_index`` picks the image. The entry's ``kept`` indices (into
-    the image's own run of placeholder tokens) and its ``grid`` (``PatchGrid``) give the picture.
+    the image's own run of placeholder tokens) and its ``grid`` (``PatchGrid``) give the picture;
+    its ``order`` (the greedy rule's picks, in order) numbers the patches.
     Without a grid the layout is inferred: ``config`` (the model's) plus the entry's
     ``image_size`` give LLaVA-NeXT's, a (t, h, w) grid Qwen's, and a square token count LLaVA's.
     Other keyword arguments go to :func:`draw_kept`.
     """
     entry = _record_entry(record, image_index)
-    kept = _field(entry, "kept", "kept_indices")
-    order = _field(entry, "order", "selection_order", required=False)
-    n_tokens = _field(entry, "n_tokens", "num_tokens", "tokens_before", required=False)
-    grid = _field(entry, "grid", "layout", required=False)
+    kept = _field(entry, "kept")
+    order = _field(entry, "order", required=False)
+    n_tokens = _field(entry, "n_tokens", required=False)
+    grid = _field(entry, "grid", required=False)
     if grid is None:
         image_size = _field(entry, "image_size", required=False)
         if config is not None and getattr(config, "image_grid_pinpoints", None) and image_size:
@@ -473,21 +474,19 @@ def _to_pil(image):
 
 def _record_entry(record, image_index: int):
     """The per-image entry of a ``handle.last`` record (or the record itself if it is one)."""
-    for key in ("images", "per_image"):
-        entries = _field(record, key, required=False)
-        if entries is not None:
-            return entries[image_index]
+    entries = _field(record, "images", required=False)
+    if entries is not None:
+        return entries[image_index]
     if isinstance(record, (list, tuple)):
         return record[image_index]
     return record
 
 
-def _field(obj, *keys: str, required: bool = True):
-    for key in keys:
-        if isinstance(obj, dict) and key in obj:
-            return obj[key]
-        if not isinstance(obj, dict) and hasattr(obj, key):
-            return getattr(obj, key)
+def _field(obj, key: str, required: bool = True):
+    if isinstance(obj, dict) and key in obj:
+        return obj[key]
+    if not isinstance(obj, dict) and hasattr(obj, key):
+        return getattr(obj, key)
     if required:
-        raise KeyError(f"the record has none of the fields {keys}")
+        raise KeyError(f"the record has no field {key!r}")
     return None

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from greedyprune import PruneConfig
 from greedyprune import evaluate
 from greedyprune.evaluate import Answer, Record, compare, normalize_answer, vqa_accuracy
 from greedyprune.testing import assert_agreement
@@ -151,8 +152,14 @@ def test_tables_and_files(tmp_path):
     assert set(paths) == {"summary.md", "summary.csv", "answers.csv", "settings.json",
                           "plot.png"}   # no categories in these records: no per-category CSV
     settings = json.loads(paths["settings.json"].read_text())
+    configs = [PruneConfig(keep=keep, method=method).to_dict()
+               for method in ("greedyprune", "random") for keep in (16, 32)]
     assert settings == {"model": "scripted", "records": 3, "settings": {
-        "greedyprune": {"method": "greedyprune"}, "random": {"method": "random", "seeds": [0]}}}
+        "greedyprune": {"method": "greedyprune"}, "random": {"method": "random", "seeds": [0]}},
+        "configs": [{"label": c["method"], **c} for c in configs]}
+    assert report.config("random", 32) == PruneConfig(keep=32, method="random")
+    with pytest.raises(KeyError, match="no configuration 'topk' at keep=16"):
+        report.config("topk", 16)
     with Image.open(paths["plot.png"]) as plot:
         assert plot.format == "PNG" and plot.width > 300
     report.plot(tmp_path / "agreement.png", metric="agreement")
@@ -206,6 +213,8 @@ def test_settings_seeds_and_categories():
     assert "| gp high | 8 | 1.000 (1.00) | 1.000 (1.00) |" in wide
     assert "accuracy_sd" in report.table().splitlines()[0]
     assert report.settings["random"] == {"method": "random", "seeds": [0, 1, 2]}
+    assert report.config("greedyprune(lam=0.25, saliency=cls)", 8) == PruneConfig(
+        keep=8, lam=0.25, saliency="cls")
 
 
 def test_saved_files_with_categories(tmp_path):

@@ -132,8 +132,8 @@ def test_llava_next_layout_matches_the_models_packing():
 
 
 def test_draw_record_from_a_handle_record():
-    record = {"images": [{"tokens_before": 16, "kept": [0, 5], "order": [5, 0]},
-                         {"tokens_before": 12, "kept": [2], "grid": [1, 6, 8]}]}
+    record = {"images": [{"n_tokens": 16, "kept": [0, 5], "order": [5, 0]},
+                         {"n_tokens": 12, "kept": [2], "grid": [1, 6, 8]}]}
     first = viz.draw_record(gray(160, 160), record, 0)
     np.testing.assert_array_equal(np.asarray(first), np.asarray(
         viz.draw_kept(gray(160, 160), [0, 5], viz.llava_layout(16), order=[5, 0])))
@@ -141,7 +141,7 @@ def test_draw_record_from_a_handle_record():
     np.testing.assert_array_equal(np.asarray(second), np.asarray(
         viz.draw_kept(gray(160, 120), [2], viz.qwen_layout([1, 6, 8]))))
     with pytest.raises(ValueError, match="no grid"):
-        viz.draw_record(gray(10, 10), {"tokens_before": 12, "kept": [1]})
+        viz.draw_record(gray(10, 10), {"n_tokens": 12, "kept": [1]})
 
 
 @pytest.mark.parametrize("kwargs, error, words", [
