@@ -1,5 +1,5 @@
 /*
- * greedyprune.c: the GreedyPrune selection rule (shared/SPEC.md §1), the one C implementation.
+ * greedyprune.c: the GreedyPrune selection rule (docs/spec.md §1), the one C implementation.
  *
  * How it is fast without changing the answer: lazy greedy. Every candidate keeps m_i, its
  * minimum distance to the picks it has been compared with so far (a prefix of the picks), and
@@ -76,6 +76,7 @@
 /* The hot loops get an AVX2 and an AVX-512 clone, chosen at load time (GCC on x86-64 Linux). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
     !defined(GP_NO_TARGET_CLONES) && !defined(__SANITIZE_ADDRESS__)
+#define GP_TARGET_CLONES 1
 #define GP_HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define GP_HOT
@@ -94,6 +95,29 @@ const char *gp_strerror(gp_status status)
     case GP_EINTERRUPTED: return "interrupted at the caller's request";
     }
     return "unknown status";
+}
+
+const char *gp_simd_variant(void)
+{
+#ifdef GP_TARGET_CLONES
+    /* The same tests, in the same order, as the resolver GCC emits for GP_HOT's clones. */
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4"))
+        return "x86-64-v4 (AVX-512), chosen at load time among x86-64-v4, x86-64-v3, x86-64";
+    if (__builtin_cpu_supports("x86-64-v3"))
+        return "x86-64-v3 (AVX2), chosen at load time among x86-64-v4, x86-64-v3, x86-64";
+    return "x86-64 (SSE2), chosen at load time among x86-64-v4, x86-64-v3, x86-64";
+#elif defined(__AVX512F__)
+    return "AVX-512 (the compile-time target; no load-time choice in this build)";
+#elif defined(__AVX2__)
+    return "AVX2 (the compile-time target; no load-time choice in this build)";
+#elif defined(__SSE2__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2)
+    return "SSE2 (the compile-time target; no load-time choice in this build)";
+#elif defined(__ARM_NEON) || defined(_M_ARM64)
+    return "NEON (the compile-time target; no load-time choice in this build)";
+#else
+    return "portable C (the compile-time target; no load-time choice in this build)";
+#endif
 }
 
 int gp_has_openmp(void)

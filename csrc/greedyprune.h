@@ -1,7 +1,7 @@
 /*
  * greedyprune.h: GreedyPrune visual-token selection, a C99 library with optional OpenMP.
  *
- * The rule (shared/SPEC.md §1): from N tokens with features x_i (rows of an N x D matrix) and an
+ * The rule (docs/spec.md §1): from N tokens with features x_i (rows of an N x D matrix) and an
  * optional saliency s_i, keep K tokens chosen greedily. With x̂ the unit rows (zero rows stay
  * zero), ŝ the min-max normalized saliency (0 when absent or constant),
  * d(i, j) = (1 - x̂_i . x̂_j) / 2 and m(i | S) = min_{j in S} d(i, j) with m(i | {}) = 1,
@@ -114,9 +114,9 @@ gp_view gp_contiguous(const void *data, gp_dtype dtype, int64_t batch, int64_t r
  * beyond 1e15 or below 1e-15 in norm, are first scaled by their largest entry, in float64).
  * Dot products accumulate blocks of 4096 elements in the compute type and add the blocks in
  * float64, so their rounding error does not grow with D: float32 picks stay within 1e-4 in gain
- * of the best candidate (SPEC.md §2) for every D. Gains that differ by less than rounding (about
- * 1e-16 relative in float64), such as those of scaled copies of a row measured against a third
- * row, may be ordered either way.
+ * of the best candidate (docs/spec.md §2) for every D. Gains that differ by less than rounding
+ * (about 1e-16 relative in float64), such as those of scaled copies of a row measured against a
+ * third row, may be ordered either way.
  */
 gp_status gp_greedy(const gp_view *features, const gp_view *saliency, int64_t k, double lam,
                     int num_threads, int64_t *order, double *gains);
@@ -148,12 +148,19 @@ gp_status gp_greedy_with(const gp_view *features, const gp_view *saliency, int64
 gp_status gp_select_with(const gp_view *features, const gp_view *saliency, int64_t k, double lam,
                          const gp_options *options, int64_t *indices);
 
-/** @return the thread count asked for by num_threads <= 0: OpenMP's default (omp_get_max_threads()),
- *  or 1 without OpenMP. Like any num_threads, it is then capped (see "Threads"). */
+/** @return the thread count asked for by num_threads <= 0: OpenMP's current setting for the
+ *  calling thread (omp_get_max_threads(), which follows OMP_NUM_THREADS and omp_set_num_threads,
+ *  so threadpoolctl's limits too), or 1 without OpenMP. It is read at each call, and, like any
+ *  num_threads, then capped (see "Threads"). */
 int gp_default_num_threads(void);
 
 /** @return 1 if the library was built with OpenMP, else 0. */
 int gp_has_openmp(void);
+
+/** @return a static description of the instruction set the dot products run with (never NULL).
+ *  GCC builds for x86-64 Linux carry an AVX-512, an AVX2 and a baseline copy of them, one of
+ *  which is chosen when the library is loaded; other builds run the compile-time target. */
+const char *gp_simd_variant(void);
 
 #ifdef __cplusplus
 }

@@ -3,12 +3,12 @@
 Each input (a byte string) is decoded into one call of ``greedyprune.select``,
 ``greedyprune.greedy`` or a ``greedyprune.methods`` selector: NumPy arrays or CPU torch tensors of every floating dtype
 (and some that are refused), strided, reversed, transposed and broadcast views, saliency or none,
-and ``k``, ``lam``, ``num_threads`` of every type, valid or not. Then it checks SPEC.md:
+and ``k``, ``lam``, ``num_threads`` of every type, valid or not. Then it checks docs/spec.md:
 
 - bad input raises ValueError, TypeError or MemoryError, nothing else (and never crashes); for
   NumPy input the reference raises the same exception with the same message;
 - where the reference answers, the C core answers too, and every pick is the greedy pick of
-  SPEC.md §1, replayed in float64 on the C core's own earlier picks: float64 within rounding
+  docs/spec.md §1, replayed in float64 on the C core's own earlier picks: float64 within rounding
   (FLOAT64_TOLERANCE) and float32/float16/bfloat16 within 1e-4 in gain of the best candidate;
   between candidates that tie exactly by the contract (rows parallel to a pick, exact duplicates:
   their distances are exactly 0 or 1), the lowest index; the reported gains within the same
@@ -43,7 +43,7 @@ except ImportError:
 
 #: Float64 input: a pick may fall this far below the best gain (rounding of the distances).
 FLOAT64_TOLERANCE = 1e-12
-#: float32, float16 and bfloat16 input (SPEC.md §2).
+#: float32, float16 and bfloat16 input (docs/spec.md §2).
 FLOAT32_TOLERANCE = 1e-4
 #: Bounds that keep a call to a millisecond or so: N tokens, D features, B images.
 MAX_N, MAX_D, MAX_B = 24, 12, 3
@@ -360,7 +360,7 @@ def check(data: bytes) -> None:
 
 
 def check_picks(case: Case, order: np.ndarray, gains: np.ndarray) -> None:
-    """Replay the C core's picks with the reference's arithmetic (SPEC.md §1-2)."""
+    """Replay the C core's picks with the reference's arithmetic (docs/spec.md §1-2)."""
     from greedyprune import reference
 
     x = np.asarray(as_float64(case.features), dtype=np.float64)

@@ -14,49 +14,96 @@ import warnings
 
 import numpy as np
 
-from . import _core, _validate
+from . import NUM_THREADS_ENV, _core, _validate
 
-#: Environment variable for the default thread count; it wins over OMP_NUM_THREADS.
-NUM_THREADS_ENV = "GREEDYPRUNE_NUM_THREADS"
+#: The count set by :func:`set_num_threads`; None while the default is automatic.
+_override = None
+_override_lock = threading.Lock()
+#: Values of NUM_THREADS_ENV already warned about (one warning per value, not per call).
+_warned_env_values = set()
+_warned_serial = False
 
 
-def _default_num_threads() -> int:
+def _env_num_threads():
+    """NUM_THREADS_ENV as a positive int, or None when unset or not a positive integer (the
+    latter warned about once per value)."""
     value = os.environ.get(NUM_THREADS_ENV, "").strip()
-    if value:
-        try:
-            if int(value) >= 1:
-                return int(value)
-        except ValueError:
-            pass
-        warnings.warn(
-            f"ignoring {NUM_THREADS_ENV}={value!r}: expected a positive integer", stacklevel=3
-        )
-    return max(1, _core.default_num_threads())
+    if not value:
+        return None
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads >= 1:
+        return threads
+    if value not in _warned_env_values:
+        _warned_env_values.add(value)
+        _warn(f"ignoring {NUM_THREADS_ENV}={value!r}: expected a positive integer")
+    return None
 
 
-_num_threads = _default_num_threads()
-_num_threads_lock = threading.Lock()
+def _warn(message: str) -> None:
+    """A UserWarning attributed to the first caller outside this package."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
+
+
+def default_num_threads_and_source():
+    """``(threads, where that number comes from)`` for a call without ``num_threads``, decided
+    now: :func:`set_num_threads`, else ``GREEDYPRUNE_NUM_THREADS``, else OpenMP's current
+    setting."""
+    override = _override
+    if override is not None:
+        return override, "set by greedyprune.set_num_threads()"
+    from_env = _env_num_threads()
+    if from_env is not None:
+        return from_env, f"from {NUM_THREADS_ENV}"
+    if not _core.HAS_OPENMP:
+        return 1, "built without OpenMP"
+    return max(1, _core.default_num_threads()), "OpenMP's current setting, omp_get_max_threads()"
 
 
 def get_num_threads() -> int:
-    """Threads :func:`select` uses when ``num_threads`` is not given (at most the CPUs available
-    to the process: a larger setting is capped there when a call runs)."""
-    return _num_threads
+    """Threads :func:`select` uses when ``num_threads`` is not given, decided at each call.
+
+    In order of precedence: the count given to :func:`set_num_threads`; else the environment
+    variable ``GREEDYPRUNE_NUM_THREADS``, read at each call; else OpenMP's current setting
+    (``omp_get_max_threads()``: ``OMP_NUM_THREADS``, or a limit set with threadpoolctl's
+    ``threadpool_limits(n, "openmp")``); 1 in a build without OpenMP. A call uses at most the
+    CPUs available to the process, whatever the count."""
+    return default_num_threads_and_source()[0]
 
 
-def set_num_threads(num_threads: int) -> int:
-    """Set the package-wide thread count for :func:`select`; return the previous value.
+def set_num_threads(num_threads) -> int:
+    """Set the package-wide thread count for :func:`select`; return the previous value (what
+    :func:`get_num_threads` returned before).
 
-    Any positive integer is accepted; calls use at most the CPUs available to the process."""
-    global _num_threads
-    num_threads = _validate.check_num_threads(num_threads, allow_none=False)
-    with _num_threads_lock:
-        previous, _num_threads = _num_threads, num_threads
+    Any positive integer is accepted (calls use at most the CPUs available to the process);
+    None goes back to the automatic default (``GREEDYPRUNE_NUM_THREADS``, else OpenMP's)."""
+    global _override
+    num_threads = _validate.check_num_threads(num_threads)
+    _warn_if_serial(num_threads)
+    with _override_lock:
+        previous = get_num_threads()
+        _override = num_threads
     return previous
 
 
+def _warn_if_serial(num_threads) -> None:
+    """Warn, once, when more than one thread is asked of a build without OpenMP."""
+    global _warned_serial
+    if num_threads is not None and num_threads > 1 and not _core.HAS_OPENMP and not _warned_serial:
+        _warned_serial = True
+        _warn(f"greedyprune was built without OpenMP, so it runs on one thread, not "
+              f"{num_threads}: {_core.build_info()['no_openmp_reason']} (see "
+              "greedyprune.show_config())")
+
+
 def select(features, k, saliency=None, lam=0.5, *, num_threads=None):
-    """Keep ``k`` tokens that are salient and diverse (the rule of SPEC.md §1).
+    """Keep ``k`` tokens that are salient and diverse (the rule of docs/spec.md §1).
 
     Parameters
     ----------
@@ -87,6 +134,14 @@ def greedy(features, k, saliency=None, lam=0.5, *, num_threads=None):
     """Like :func:`select`, but return ``(order, gains)``: the picks in the order they were made
     and the value each added (their sum is the objective value of the selection)."""
     return _run(features, k, saliency, lam, num_threads, sort=False)
+
+
+def _threads_for_call(num_threads) -> int:
+    """The call's ``num_threads`` (validated), else the default decided now."""
+    if num_threads is None:
+        return get_num_threads()
+    _warn_if_serial(num_threads)
+    return num_threads
 
 
 def _is_tensor(obj) -> bool:
@@ -122,7 +177,7 @@ def _run(features, k, saliency, lam, num_threads, sort):
     )
     if s is not None and not np.isfinite(_validate.stored(s)).all():
         raise _validate.nonfinite_error("saliency")
-    return _core.greedy(x, s, k, lam, num_threads or _num_threads, sort)
+    return _core.greedy(x, s, k, lam, _threads_for_call(num_threads), sort)
 
 
 def _tensor_as_array(tensor) -> np.ndarray:
@@ -161,6 +216,6 @@ def _run_tensor(features, k, saliency, lam, num_threads, sort):
         return (order.sort(dim=-1).values, None) if sort else (order, gains)
     order, gains = _core.greedy(
         _tensor_as_array(x), None if s is None else _tensor_as_array(s), k, lam,
-        num_threads or _num_threads, sort,
+        _threads_for_call(num_threads), sort,
     )
     return torch.from_numpy(order), None if gains is None else torch.from_numpy(gains)

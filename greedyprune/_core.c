@@ -1,7 +1,7 @@
 /*
  * _core.c: the CPython + NumPy C-API binding of csrc/greedyprune.c.
  *
- * Private: greedyprune/_api.py validates every argument (SPEC.md §4) and hands over aligned,
+ * Private: greedyprune/_api.py validates every argument (docs/spec.md §4) and hands over aligned,
  * native-byte-order NumPy arrays of a supported dtype, so this file only maps arrays to gp_view
  * descriptions, releases the GIL around the C core, and turns a gp_status into an exception.
  * On the main thread it lets Python's signal handlers run every few milliseconds of the call,
@@ -13,6 +13,34 @@
 #include <numpy/arrayobject.h>
 
 #include "greedyprune.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(_OPENMP) && (defined(__linux__) || defined(__APPLE__))
+#include <dlfcn.h> /* dladdr: Python.h has defined _GNU_SOURCE on Linux */
+#define GP_FIND_OPENMP_LIBRARY 1
+#endif
+
+/* The compiler that built the extension, for greedyprune.show_config(). */
+#if defined(__clang__)
+#define GP_COMPILER "clang " __clang_version__
+#elif defined(__GNUC__)
+#define GP_COMPILER "gcc " __VERSION__
+#elif defined(_MSC_VER)
+#define GP_STRINGIFY_(x) #x
+#define GP_STRINGIFY(x) GP_STRINGIFY_(x)
+#define GP_COMPILER "MSVC " GP_STRINGIFY(_MSC_FULL_VER)
+#else
+#define GP_COMPILER "unknown"
+#endif
+/* Defined by setup.py: the flags it compiled with, and why OpenMP is off when it is. */
+#ifndef GREEDYPRUNE_BUILD_FLAGS
+#define GREEDYPRUNE_BUILD_FLAGS ""
+#endif
+#ifndef GREEDYPRUNE_NO_OPENMP_REASON
+#define GREEDYPRUNE_NO_OPENMP_REASON ""
+#endif
 
 /* "threading", interned at import: the module that knows which thread is the main one. */
 static PyObject *threading_name = NULL;
@@ -196,11 +224,43 @@ static PyObject *core_default_num_threads(PyObject *self, PyObject *unused)
     return PyLong_FromLong(gp_default_num_threads());
 }
 
+/* The file of the OpenMP runtime this extension calls (several can be loaded in one process:
+ * PyTorch ships its own), or None where that cannot be told or there is no OpenMP. */
+static PyObject *openmp_library(void)
+{
+#ifdef GP_FIND_OPENMP_LIBRARY
+    Dl_info info;
+    if (dladdr((void *)omp_get_max_threads, &info) && info.dli_fname != NULL)
+        return PyUnicode_DecodeFSDefault(info.dli_fname);
+#endif
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_build_info(PyObject *self, PyObject *unused)
+{
+#ifdef _OPENMP
+    long openmp_version = _OPENMP;
+#else
+    long openmp_version = 0;
+#endif
+    PyObject *library = openmp_library();
+    (void)self;
+    (void)unused;
+    if (library == NULL) return NULL;
+    return Py_BuildValue("{s:s,s:s,s:l,s:s,s:N,s:s}", "compiler", GP_COMPILER, "flags",
+                         GREEDYPRUNE_BUILD_FLAGS, "openmp_version", openmp_version,
+                         "no_openmp_reason", GREEDYPRUNE_NO_OPENMP_REASON, "openmp_library",
+                         library, "simd", gp_simd_variant());
+}
+
 static PyMethodDef core_methods[] = {
     {"greedy", core_greedy, METH_VARARGS, greedy_doc},
     {"default_num_threads", core_default_num_threads, METH_NOARGS,
      "Threads the C core is asked for by num_threads <= 0: OpenMP's default (1 without OpenMP);\n"
      "a call uses at most the CPUs available to the process."},
+    {"build_info", core_build_info, METH_NOARGS,
+     "How the extension was built and runs: compiler, flags, OpenMP (version, runtime library,\n"
+     "why it is off), SIMD variant; see greedyprune.config_info()."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef core_module = {PyModuleDef_HEAD_INIT, "greedyprune._core",

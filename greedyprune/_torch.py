@@ -1,4 +1,4 @@
-"""The rule of SPEC.md §1 in PyTorch, for tensors on an accelerator (the C core runs on the CPU).
+"""The rule of docs/spec.md §1 in PyTorch, for tensors on an accelerator (the C core runs on the CPU).
 
 Plain greedy, vectorized over the batch: each step makes one pass over the features to get every
 token's distance to the new pick. The pass goes in row chunks, so half-precision input is widened

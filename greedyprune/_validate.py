@@ -1,6 +1,6 @@
 """Argument checks shared by the C-core dispatcher and the NumPy reference.
 
-SPEC.md §4: every misuse raises ``ValueError`` or ``TypeError`` with a message that names the
+docs/spec.md §4: every misuse raises ``ValueError`` or ``TypeError`` with a message that names the
 argument and says what was expected. Both implementations call these functions, so they raise
 the same exception with the same message for the same bad input.
 """

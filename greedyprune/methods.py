@@ -14,12 +14,12 @@ method=...)``, the evaluation harness and the CLI can swap them by name::
 
 Registered selectors:
 
-``greedyprune``  SPEC.md §1: greedy on ``λ·ŝ + (1 − λ)·m`` (the C core, :func:`greedyprune.select`).
+``greedyprune``  docs/spec.md §1: greedy on ``λ·ŝ + (1 − λ)·m`` (the C core, :func:`greedyprune.select`).
 ``topk``         saliency only (the rule at λ = 1): the k most salient tokens, lowest index first
                  among ties. Needs saliency.
 ``divprune``     max-min diversity (DivPrune, Alvar et al., CVPR 2025): first the token farthest
                  from its nearest neighbour, then farthest-point sampling, in the cosine distance
-                 of SPEC.md. Ignores saliency.
+                 of docs/spec.md. Ignores saliency.
 ``cdpruner``     conditional-DPP MAP (CDPruner, Zhang et al., NeurIPS 2025): greedy log-det on the
                  kernel ``q_i·(x̂_i·x̂_j)·q_j``, q the min-max normalized saliency (constant
                  without it: a plain DPP on cosine similarity). Ignores ``lam``.
@@ -178,7 +178,7 @@ def names() -> List[str]:
 
 @register("greedyprune", wrap=False)
 def greedyprune(features, k, saliency=None, *, lam: float = 0.5, seed: int = 0):
-    """GreedyPrune (SPEC.md §1): joint saliency and diversity, solved greedily by the C core."""
+    """GreedyPrune (docs/spec.md §1): joint saliency and diversity, solved greedily by the C core."""
     # Straight to the core, which validates, reads tensors without a copy and runs tensors on an
     # accelerator on their own device. The rule is deterministic: the seed is checked, unused.
     import greedyprune as _gp  # imported here: the package must import without this module
@@ -216,7 +216,7 @@ def cdpruner(x, k, s, *, lam, seed):
     """Conditional-DPP MAP (CDPruner): greedy ``log det`` of ``L = diag(q)·S·diag(q)``.
 
     ``S_ij = x̂_i·x̂_j`` is the cosine similarity of the features and ``q`` each token's
-    relevance: ``q = ŝ + 1e-6`` with ``ŝ`` the min-max normalized saliency of SPEC.md §1
+    relevance: ``q = ŝ + 1e-6`` with ``ŝ`` the min-max normalized saliency of docs/spec.md §1
     (per image), or ``q = 1`` when saliency is absent or constant (a plain DPP on cosine
     similarity). Each step adds the token that most increases ``log det L_S``, that is the
     largest ``d_i² = q_i²·(S_ii − ||c_i||²)`` of the incremental Cholesky of Chen et al.
@@ -463,7 +463,7 @@ def _torch_tensor_type():
 
 def _prepare(features, k, saliency, lam, seed) -> Tuple[np.ndarray, Optional[np.ndarray], int,
                                                          float, int, Callable]:
-    """Validate (SPEC.md §4) and bring the inputs to NumPy, shaped (B, N, D) and (B, N).
+    """Validate (docs/spec.md §4) and bring the inputs to NumPy, shaped (B, N, D) and (B, N).
 
     Returns the arrays, the checked scalars and ``restore(kept)``, which turns a (B, k) int64
     array back into the caller's container, device and rank.

@@ -1,4 +1,4 @@
-"""The GreedyPrune rule of SPEC.md §1 in plain NumPy: the slow, readable twin of the C core.
+"""The GreedyPrune rule of docs/spec.md §1 in plain NumPy: the slow, readable twin of the C core.
 
 Same names and signatures as the fast functions in :mod:`greedyprune`; the tests compare the two.
 Everything is computed in float64. This module favours being read over being fast: it evaluates
@@ -104,7 +104,7 @@ def _greedy_one(x, s, k, lam):
 
 
 def _prepare(features, k, saliency, lam, num_threads):
-    """Validate (SPEC.md §4) and return float64 arrays shaped (B, N, D) and (B, N) or None."""
+    """Validate (docs/spec.md §4) and return float64 arrays shaped (B, N, D) and (B, N) or None."""
     x = _validate.as_array(features, "features")
     s = None if saliency is None else _validate.as_array(saliency, "saliency")
     k, lam, _ = _validate.check_call(

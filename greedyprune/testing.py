@@ -9,9 +9,12 @@
         cases = [{"image": "tests/data/invoice.png", "question": "What is the total?"}, ...]
         assert_agreement(HFAnswerer(model, processor), cases, keep=128, at_least=0.9)
 
-The module is also a pytest plugin (entry point ``pytest11``: ``greedyprune =
-greedyprune.testing``) that provides the fixture ``greedyprune_agreement``, which is
-:func:`assert_agreement` itself. It imports neither torch nor transformers.
+Installing greedyprune also installs a pytest plugin that provides the fixture
+``greedyprune_agreement``, which is :func:`assert_agreement` itself. The plugin is the top-level
+module ``_greedyprune_pytestplugin`` (entry point ``pytest11``), not this one, so that pytest
+runs that do not use it import nothing of greedyprune; this module re-exports the fixture for a
+conftest.py to import where the plugin is not installed. It imports neither torch nor
+transformers.
 """
 from __future__ import annotations
 
@@ -47,13 +50,6 @@ def assert_agreement(answerer: Answerer, cases: Iterable[Union[Record, Dict[str,
 
 
 try:
-    import pytest
-except ImportError:  # the plugin part needs pytest; assert_agreement does not
-    pytest = None
-
-if pytest is not None:
-
-    @pytest.fixture
-    def greedyprune_agreement():
-        """:func:`greedyprune.testing.assert_agreement`, as a fixture."""
-        return assert_agreement
+    from _greedyprune_pytestplugin import greedyprune_agreement  # noqa: F401  (the fixture)
+except ImportError:  # the plugin needs pytest; assert_agreement does not
+    pass

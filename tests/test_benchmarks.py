@@ -84,7 +84,21 @@ def test_quick_run_markdown_has_header_tables_and_targets(quick_run):
         assert line in text
     assert "| features | N × D, K |" in text
     assert "gaussian (i.i.d.)" in text and "clustered (image-like)" in text
-    assert "**Targets**" in text and "**PASS**" in text
+    assert "**Key figures**" in text and "quadratic in N" in text
+    for verdict in ("PASS", "MISS", "NOT RUN", "target", "issue"):  # the JSON keeps verdicts
+        assert verdict not in text
+
+
+def test_from_json_rewrites_the_markdown_the_run_wrote(quick_run, tmp_path):
+    out, _, _ = quick_run
+    (tmp_path / "bench_select.json").write_text((out / "bench_select.json").read_text())
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_select.py"), "--from-json", "--out",
+         str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "bench_select.md").read_text() == (out / "bench_select.md").read_text()
 
 
 def test_pick_shortfall_flags_a_wrong_pick():

@@ -1,4 +1,4 @@
-"""SPEC.md §4: every misuse raises ValueError or TypeError naming the argument, the same from the
+"""docs/spec.md §4: every misuse raises ValueError or TypeError naming the argument, the same from the
 C core's dispatcher and from the reference; and the C core never leaks or crashes."""
 from __future__ import annotations
 

@@ -1,6 +1,10 @@
-"""The C core against its NumPy twin (SPEC.md §1–§2), on every case of tests/util.py and on random
-shapes drawn by hypothesis; plus the special cases the spec pins and the invariants of the API."""
+"""The C core against its NumPy twin (docs/spec.md §1–§2), on every case of tests/util.py and on
+random shapes drawn by hypothesis; plus the special cases the spec pins and the invariants of the
+API."""
 from __future__ import annotations
+
+import os
+import warnings
 
 import numpy as np
 import pytest
@@ -142,17 +146,78 @@ def test_input_is_never_modified():
         np.testing.assert_array_equal(s, s0)
 
 
-def test_set_num_threads_returns_previous_value():
+@pytest.fixture
+def automatic_threads(monkeypatch):
+    """No set_num_threads() override and no GREEDYPRUNE_NUM_THREADS for the test; the process's
+    setting comes back afterwards."""
+    from greedyprune import _api
+
+    monkeypatch.setattr(_api, "_override", None)
+    monkeypatch.setattr(_api, "_warned_env_values", set())
+    monkeypatch.delenv(greedyprune.NUM_THREADS_ENV, raising=False)
+    return _api
+
+
+def test_set_num_threads_returns_previous_value(automatic_threads):
     before = greedyprune.get_num_threads()
-    try:
-        assert greedyprune.set_num_threads(3) == before
-        assert greedyprune.get_num_threads() == 3
-        assert greedyprune.set_num_threads(1) == 3
-    finally:
-        greedyprune.set_num_threads(before)
-    for bad, exc in ((0, ValueError), (-2, ValueError), (1.5, TypeError), (None, TypeError)):
+    assert greedyprune.set_num_threads(3) == before
+    assert greedyprune.get_num_threads() == 3
+    assert greedyprune.set_num_threads(1) == 3
+    assert greedyprune.set_num_threads(None) == 1  # back to the automatic default
+    assert greedyprune.get_num_threads() == before
+    for bad, exc in ((0, ValueError), (-2, ValueError), (1.5, TypeError), ("2", TypeError)):
         with pytest.raises(exc, match="num_threads"):
             greedyprune.set_num_threads(bad)
+
+
+def test_default_thread_count_is_decided_at_each_call(automatic_threads, monkeypatch):
+    openmp = greedyprune.get_num_threads()
+    assert automatic_threads.default_num_threads_and_source() == (
+        (openmp, "OpenMP's current setting, omp_get_max_threads()") if greedyprune.has_openmp
+        else (1, "built without OpenMP"))
+    monkeypatch.setenv(greedyprune.NUM_THREADS_ENV, "3")  # set after import: it counts
+    assert automatic_threads.default_num_threads_and_source() == (
+        3, "from GREEDYPRUNE_NUM_THREADS")
+    greedyprune.set_num_threads(5)  # set_num_threads > GREEDYPRUNE_NUM_THREADS
+    assert automatic_threads.default_num_threads_and_source() == (
+        5, "set by greedyprune.set_num_threads()")
+    greedyprune.set_num_threads(None)
+    assert greedyprune.get_num_threads() == 3
+    monkeypatch.delenv(greedyprune.NUM_THREADS_ENV)
+    assert greedyprune.get_num_threads() == openmp
+
+
+def test_threadpoolctl_limits_the_default_through_our_openmp_runtime(automatic_threads):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not greedyprune.has_openmp:
+        pytest.skip("built without OpenMP")
+    from greedyprune import _core
+
+    ours = os.path.realpath(_core.build_info()["openmp_library"])
+    seen = [os.path.realpath(i["filepath"]) for i in threadpoolctl.threadpool_info()
+            if i["user_api"] == "openmp"]
+    assert ours in seen, (ours, seen)
+    x = np.random.default_rng(3).normal(size=(2, 50, 4))
+    want = reference.select(x, 7)
+    with threadpoolctl.threadpool_limits(1, "openmp"):
+        assert greedyprune.get_num_threads() == 1
+        np.testing.assert_array_equal(greedyprune.select(x, 7), want)
+    with threadpoolctl.threadpool_limits(3, "openmp"):
+        assert greedyprune.get_num_threads() == 3
+
+
+def test_a_bad_environment_value_warns_once_per_value(automatic_threads, monkeypatch):
+    fallback = greedyprune.get_num_threads()
+    for value in ("lots", "0", "-3", "2.5"):
+        monkeypatch.setenv(greedyprune.NUM_THREADS_ENV, value)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            counts = [greedyprune.get_num_threads() for _ in range(3)]
+            greedyprune.select(np.eye(3), 2)
+        assert counts == [fallback] * 3
+        assert [str(w.message) for w in caught] == [
+            f"ignoring GREEDYPRUNE_NUM_THREADS={value!r}: expected a positive integer"]
+        assert caught[0].filename == __file__  # attributed to the caller, not to greedyprune
 
 
 # Hypothesis: random shapes, float64 equality with the reference. D >= 2: with D = 1 every token

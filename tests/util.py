@@ -101,7 +101,7 @@ def cases(dtype=np.float64):
 
 def step_gains(features, saliency, lam, order):
     """For each step of ``order`` (one image), every candidate's gain in float64 given the picks
-    before it, as a (k, N) array with -inf for already-picked tokens (SPEC.md §1)."""
+    before it, as a (k, N) array with -inf for already-picked tokens (docs/spec.md §1)."""
     x = np.asarray(features, dtype=np.float64)
     xhat = reference.unit_rows(x)
     s = None if saliency is None else np.asarray(saliency, dtype=np.float64)
@@ -119,7 +119,7 @@ def step_gains(features, saliency, lam, order):
 
 
 def assert_near_greedy(features, saliency, lam, order, tol=1e-4):
-    """SPEC.md §2 for reduced precision: each pick within ``tol`` in gain of that step's best."""
+    """docs/spec.md §2 for reduced precision: each pick within ``tol`` in gain of that step's best."""
     gains = step_gains(features, saliency, lam, order)
     for step, (g, i) in enumerate(zip(gains, order)):
         assert np.isfinite(g[i]), f"step {step}: index {i} picked twice"

@@ -25,7 +25,7 @@ LLaVA-NeXT, LLaVA-OneVision (images and video), Qwen2-VL, Qwen2.5-VL and Qwen3-V
 video), Gemma 3, Idefics3 and SmolVLM. The list comes from the table in
 :mod:`greedyprune.hf._archs`; :func:`supported_models` returns it.
 
-What happens (SPEC.md §5):
+What happens (docs/spec.md §5):
 
 - Pruning happens after the model merged the image features into ``inputs_embeds`` and before
   the first decoder layer, so every decoder layer and the KV cache see only the kept tokens.
@@ -140,7 +140,7 @@ def attach(model, keep: Union[int, PruneConfig, None] = None, *,
     keep_ratio : float, optional
         Fraction of each image's tokens kept, in (0, 1]; rounded up, at least one token.
     lam : float, optional
-        Weight of saliency against diversity, in [0, 1] (SPEC.md §1); None (the default) means
+        Weight of saliency against diversity, in [0, 1] (docs/spec.md §1); None (the default) means
         :data:`DEFAULT_LAM`, 0: diversity only, which kept a trained model's answers best from
         8% of the tokens up; at 4% ``lam=0.25`` with ``saliency="cls"`` did better. With
         ``saliency="none"`` there is no saliency to weigh: passing a ``lam`` other than 0 to

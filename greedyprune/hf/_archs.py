@@ -66,6 +66,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ._compat import get_block_sequence_ids_for_mask
 from ._records import PatchGrid
 
 
@@ -517,7 +518,7 @@ def gemma3_decoder_mask(inner, mask, kwargs, per_token):
     types = per_token.get("token_type_ids")
     if types is None:
         return create_masks_for_generate(**mask_kwargs)
-    blocks = modeling_gemma3.get_block_sequence_ids_for_mask(types, device=embeds.device)
+    blocks = get_block_sequence_ids_for_mask(types, device=embeds.device)
     return modeling_gemma3.create_masks_for_vision_model(block_sequence_ids=blocks, **mask_kwargs)
 
 

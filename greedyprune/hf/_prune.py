@@ -7,7 +7,7 @@ One prefill, for a batch of B rows of L tokens whose placeholder runs were locat
 
 1. Candidates: each image's placeholder tokens except its structural ones (LLaVA-NeXT newlines)
    and those the attention mask hides.
-2. Saliency per candidate (SPEC.md §5): ``"text"`` is the cosine between its input embedding
+2. Saliency per candidate (docs/spec.md §5): ``"text"`` is the cosine between its input embedding
    and the mean input embedding of its row's text tokens (not placeholders, not padding);
    ``"cls"`` reads the [CLS]-attention rows captured in the vision tower; ``"query"`` is the
    attention the first decoder layer's queries of the row's text tokens would pay each visual

@@ -2,7 +2,7 @@
  * test_core.c: tests of the GreedyPrune C core through its public header only (C99, no Python).
  *
  * Built and run by tests/c/run.sh, under AddressSanitizer + UndefinedBehaviorSanitizer (+ LSan)
- * and in plain optimized / serial builds. Checks the rule of shared/SPEC.md: hand-computed
+ * and in plain optimized / serial builds. Checks the rule of docs/spec.md: hand-computed
  * cases, the special cases (lambda 0 / 1, K = N, ties), an independent double-precision
  * reference (each pick within tolerance in gain of the best candidate at its step), independence
  * from thread count, batch composition and memory layout, float16 / bfloat16 input, and every
@@ -345,6 +345,15 @@ static void test_meta(void)
     CHECK(gp_has_openmp() == 1, "built with OpenMP but gp_has_openmp() = %d", gp_has_openmp());
 #else
     CHECK(gp_has_openmp() == 0, "built without OpenMP but gp_has_openmp() = %d", gp_has_openmp());
+#endif
+    CHECK(gp_simd_variant() != NULL && gp_simd_variant()[0] != '\0', "gp_simd_variant() empty");
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(GP_NO_TARGET_CLONES) && !defined(__SANITIZE_ADDRESS__)
+    CHECK(strstr(gp_simd_variant(), "chosen at load time") != NULL,
+          "target_clones build reports no load-time choice: %s", gp_simd_variant());
+#else
+    CHECK(strstr(gp_simd_variant(), "compile-time target") != NULL,
+          "build without target_clones reports: %s", gp_simd_variant());
 #endif
     {
         float dummy[6];
@@ -1228,7 +1237,7 @@ static void test_parallel_rows_tie_exactly(void)
         }
 }
 
-/* float32 sums must not lose accuracy with D (SPEC.md §2: each pick within 1e-4 in gain). Rows of
+/* float32 sums must not lose accuracy with D (docs/spec.md §2: each pick within 1e-4 in gain). Rows of
  * 32 large entries and 2^20 small ones: in one float accumulator per lane, the small products
  * would vanish next to the large ones and the norms come out 2e-4 short. */
 static void test_long_rows_float32(void)
