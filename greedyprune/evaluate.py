@@ -240,9 +240,9 @@ def device_synchronizer(model: Any) -> Callable[[], None]:
     import torch
 
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    module = getattr(torch, device.type, None)
-    if device.type != "cpu" and hasattr(module, "synchronize"):
-        return lambda: module.synchronize(device)
+    synchronize = getattr(getattr(torch, device.type, None), "synchronize", None)
+    if device.type != "cpu" and synchronize is not None:
+        return lambda: synchronize(device)
     return lambda: None
 
 
@@ -278,10 +278,9 @@ class HFAnswerer:
     def inputs(self, image: Any, question: Union[str, Sequence[str]]) -> Any:
         """The processor's tensors for one (image, question), or for lists of images and
         questions (a left-padded batch), on the model's device."""
-        single = isinstance(question, str)
-        images = [image] if single else list(image)
-        questions = [question] if single else list(question)
-        tokenizer = getattr(self.processor, "tokenizer", None)
+        images = [image] if isinstance(question, str) else list(image)
+        questions = [question] if isinstance(question, str) else list(question)
+        tokenizer: Any = getattr(self.processor, "tokenizer", None)
         side = getattr(tokenizer, "padding_side", None)
         if side is not None:
             tokenizer.padding_side = "left"  # generation continues every row at its end
@@ -371,7 +370,7 @@ def _is_ratio(keep: Any) -> bool:
     return isinstance(keep, float) and 0.0 < keep < 1.0
 
 
-def budget_arguments(keep: Union[int, float]) -> Dict[str, Union[int, float]]:
+def budget_arguments(keep: Union[int, float]) -> Dict[str, Any]:
     """The budget as :func:`greedyprune.hf.attach` takes it: ``keep`` for a token count,
     ``keep_ratio`` for a fraction."""
     return {"keep_ratio": keep} if _is_ratio(keep) else {"keep": keep}
@@ -435,7 +434,7 @@ class Report:
             times = [r.prefill_seconds for r in chosen if r.prefill_seconds is not None]
             before = [r.tokens_before for r in chosen if r.tokens_before is not None]
             after = [r.tokens_after for r in chosen if r.tokens_after is not None]
-            row = {
+            row: Dict[str, Any] = {
                 "method": method,
                 "keep": "all" if keep is None else keep,
                 "answers": len(chosen),
@@ -450,7 +449,8 @@ class Report:
                 by_seed = [[r for r in chosen if r.seed == s] for s in seeds]
                 if scored:
                     row["accuracy_sd"] = statistics.stdev(
-                        statistics.fmean(r.accuracy for r in group) for group in by_seed)
+                        statistics.fmean(r.accuracy for r in group if r.accuracy is not None)
+                        for group in by_seed)
                 row["agreement_sd"] = statistics.stdev(
                     statistics.fmean(r.agrees for r in group) for group in by_seed)
             rows.append(row)
@@ -681,8 +681,8 @@ def compare(
     """
     from . import methods as registry
 
-    records = [r if isinstance(r, Record) else Record(**r) for r in records]
-    if not records:
+    cases = [r if isinstance(r, Record) else Record(**r) for r in records]
+    if not cases:
         raise ValueError("records must hold at least one case")
     settings = [m if isinstance(m, Setting) else Setting(_method_name(m)) for m in methods]
     for setting in settings:
@@ -703,13 +703,13 @@ def compare(
             for s in settings
             for seed in (seeds if s.method in SEEDED_METHODS and len(seeds) > 1 else [None])]
     results: List[Result] = []
-    total = len(records) * (1 + len(runs) * len(keeps))
+    total = len(cases) * (1 + len(runs) * len(keeps))
     if batch_size > 1:
         with _progress_bar(total, progress) as bar:
-            results = _compare_batched(answerer, records, runs, keeps, batch_size, bar)
+            results = _compare_batched(answerer, cases, runs, keeps, batch_size, bar)
         return _report(results, settings, labels, keeps, seeds, model, answerer)
     with _progress_bar(total, progress) as bar:
-        for n, record in enumerate(records):
+        for n, record in enumerate(cases):
             name = record.id or str(n)
             image = _load_image(record.image)
             reference = answerer(image, record.question, None, None)
