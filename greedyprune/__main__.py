@@ -19,7 +19,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, Union
+from typing import Any, Callable, List, Optional, Union
 
 from . import __version__
 
@@ -216,7 +216,7 @@ def _device(text: str) -> str:
     except RuntimeError:
         raise argparse.ArgumentTypeError(f"expected a device such as cpu, cuda or cuda:1, got "
                                          f"{text!r}") from None
-    backend = getattr(torch, device.type, None)
+    backend: Any = getattr(torch, device.type, None)
     if device.type != "cpu" and hasattr(backend, "is_available"):
         if not backend.is_available():
             raise argparse.ArgumentTypeError(f"{text!r}: no {device.type} device on this "

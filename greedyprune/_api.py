@@ -11,16 +11,24 @@ import os
 import sys
 import threading
 import warnings
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Optional, Set, Tuple, Union, overload
 
 import numpy as np
+import numpy.typing as npt
 
 from . import NUM_THREADS_ENV, _core, _validate
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    Saliency = Union["Tensor", npt.ArrayLike, None]
+
 #: The count set by :func:`set_num_threads`; None while the default is automatic.
-_override = None
+_override: Optional[int] = None
 _override_lock = threading.Lock()
 #: Values of NUM_THREADS_ENV already warned about (one warning per value, not per call).
-_warned_env_values = set()
+_warned_env_values: Set[str] = set()
 _warned_serial = False
 
 
@@ -45,7 +53,8 @@ def _env_num_threads():
 def _warn(message: str) -> None:
     """A UserWarning attributed to the first caller outside this package."""
     package = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    frame, level = sys._getframe(1), 2
+    frame: Optional[FrameType] = sys._getframe(1)
+    level = 2
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, stacklevel=level)
@@ -77,7 +86,7 @@ def get_num_threads() -> int:
     return default_num_threads_and_source()[0]
 
 
-def set_num_threads(num_threads) -> int:
+def set_num_threads(num_threads: Optional[int]) -> int:
     """Set the package-wide thread count for :func:`select`; return the previous value (what
     :func:`get_num_threads` returned before).
 
@@ -102,7 +111,14 @@ def _warn_if_serial(num_threads) -> None:
               "greedyprune.show_config())")
 
 
-def select(features, k, saliency=None, lam=0.5, *, num_threads=None):
+@overload
+def select(features: "Tensor", k: int, saliency: "Saliency" = None, lam: float = 0.5, *,
+           num_threads: Optional[int] = None) -> "Tensor": ...
+@overload
+def select(features: npt.ArrayLike, k: int, saliency: "Saliency" = None, lam: float = 0.5, *,
+           num_threads: Optional[int] = None) -> npt.NDArray[np.int64]: ...
+def select(features: Any, k: int, saliency: Any = None, lam: float = 0.5, *,
+           num_threads: Optional[int] = None) -> Any:
     """Keep ``k`` tokens that are salient and diverse (the rule of docs/spec.md §1).
 
     Parameters
@@ -130,7 +146,15 @@ def select(features, k, saliency=None, lam=0.5, *, num_threads=None):
     return _run(features, k, saliency, lam, num_threads, sort=True)[0]
 
 
-def greedy(features, k, saliency=None, lam=0.5, *, num_threads=None):
+@overload
+def greedy(features: "Tensor", k: int, saliency: "Saliency" = None, lam: float = 0.5, *,
+           num_threads: Optional[int] = None) -> Tuple["Tensor", "Tensor"]: ...
+@overload
+def greedy(features: npt.ArrayLike, k: int, saliency: "Saliency" = None, lam: float = 0.5, *,
+           num_threads: Optional[int] = None
+           ) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]: ...
+def greedy(features: Any, k: int, saliency: Any = None, lam: float = 0.5, *,
+           num_threads: Optional[int] = None) -> Any:
     """Like :func:`select`, but return ``(order, gains)``: the picks in the order they were made
     and the value each added (their sum is the objective value of the selection)."""
     return _run(features, k, saliency, lam, num_threads, sort=False)

@@ -48,7 +48,7 @@ def config_info() -> Dict[str, Any]:
     """
     from .methods import _cpus_available
 
-    build = _core.build_info()
+    build: Dict[str, Any] = _core.build_info()
     threads, source = _api.default_num_threads_and_source()
     cpus = _cpus_available()
     openmp = bool(_core.HAS_OPENMP)

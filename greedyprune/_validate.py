@@ -9,6 +9,7 @@ from __future__ import annotations
 import numbers
 import operator
 import reprlib
+from typing import Any, cast
 
 import numpy as np
 
@@ -125,7 +126,7 @@ def check_lam(lam) -> float:
         raise TypeError(f"lam must be a real number in [0, 1], got {type(lam).__name__}")
     # Compared before any conversion: exact for integers and fractions beyond float's range,
     # and false for NaN.
-    if not 0 <= lam <= 1:
+    if not 0 <= cast(Any, lam) <= 1:
         raise ValueError(f"lam must be in [0, 1], got {number_text(lam)}")
     return float(lam)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Any, Dict, Literal, Mapping, Optional, Tuple
+from typing import Any, Dict, Literal, Mapping, Optional, Tuple, cast
 
 from . import _validate
 
@@ -106,6 +106,6 @@ def check_budget(keep, keep_ratio) -> Tuple[Optional[int], Optional[float]]:
         return int(keep), None
     if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, numbers.Real):
         raise TypeError(f"keep_ratio must be a number in (0, 1], got {type(keep_ratio).__name__}")
-    if not 0 < keep_ratio <= 1:  # compared before converting: NaN and huge integers fail it
+    if not 0 < cast(Any, keep_ratio) <= 1:  # compared before converting: NaN and huge integers fail it
         raise ValueError(f"keep_ratio must be in (0, 1], got {_validate.number_text(keep_ratio)}")
     return None, float(keep_ratio)

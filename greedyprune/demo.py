@@ -23,6 +23,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+from .config import Saliency
+
 
 DEFAULT_QUESTION = "What is the person in the picture wearing?"
 
@@ -172,7 +174,7 @@ class DemoResult:
 
 def run(model, processor, *, image: Any = None, question: str = DEFAULT_QUESTION,
         keeps: Sequence[Union[int, float]] = (64,), methods: Sequence[str] = ("greedyprune",),
-        lam: Optional[float] = None, saliency: str = "text",
+        lam: Optional[float] = None, saliency: Saliency = "text",
         out: Optional[str] = "greedyprune-demo.png", repeats: int = 3, max_new_tokens: int = 8,
         reference: Optional[str] = None, scale: int = 2, print_fn=print) -> DemoResult:
     """Time the prefill unpruned and pruned by each method at each budget in ``keeps`` (token
@@ -214,19 +216,21 @@ def run(model, processor, *, image: Any = None, question: str = DEFAULT_QUESTION
     unpruned = prefill_seconds()
     answer_unpruned = answerer(image, question).text
     _print_header(reference, answer_unpruned, unpruned, repeats, print_fn)
-    runs, picture = [], None
+    runs, picture, tokens_before = [], None, 0
     for number, (method, keep) in enumerate(itertools.product(methods, keeps)):
         with attach(model, **budget_arguments(keep), method=method, lam=lam,
                     saliency=saliency) as handle:
             pruned = prefill_seconds()
             record = handle.last_prefill
+        if record is None:
+            raise RuntimeError(f"{type(model).__name__}'s prefill did not reach the pruning hook")
         entry = record.images[0]
         result = PrunedRun(method, keep, sum(i.tokens_after for i in record.images),
                            int(record.seq_len_after), pruned, record.hook_seconds,
                            answerer(image, question, method, keep).text)
         runs.append(result)
-        before = sum(i.tokens_before for i in record.images)
-        _print_run(result, before, sequence_before, unpruned, lam, saliency, print_fn)
+        tokens_before = sum(i.tokens_before for i in record.images)
+        _print_run(result, tokens_before, sequence_before, unpruned, lam, saliency, print_fn)
         if out and number == 0:
             title = (f"{method}: {entry.tokens_after} of {entry.tokens_before} visual tokens kept"
                      + (" (numbered in pick order)" if entry.order is not None else ""))
@@ -236,7 +240,7 @@ def run(model, processor, *, image: Any = None, question: str = DEFAULT_QUESTION
             drawing.save(picture)
     if picture is not None:
         print_fn(f"picture:  {picture} (kept patches bright and outlined, pruned ones dimmed)")
-    return DemoResult(tokens_before=sum(i.tokens_before for i in record.images),
+    return DemoResult(tokens_before=tokens_before,
                       sequence_before=sequence_before, prefill_unpruned=unpruned,
                       answer_unpruned=answer_unpruned, pruned=runs, picture=picture,
                       reference=reference)
@@ -278,7 +282,7 @@ def main(model_path: Optional[str] = None, *, random_weights: bool = False,
          image: Optional[str] = None, question: Optional[str] = None, seed: int = 0,
          keeps: Optional[Sequence[Union[int, float]]] = None,
          methods: Optional[Sequence[str]] = None, lam: Optional[float] = None,
-         saliency: str = "text", out: str = "greedyprune-demo.png", size: str = "demo",
+         saliency: Saliency = "text", out: str = "greedyprune-demo.png", size: str = "demo",
          device: Optional[str] = None, repeats: int = 3, print_fn=print) -> DemoResult:
     """The ``demo`` command: the built-in model on a generated scene (default), a local
     checkpoint (``model_path``) or a random-weight model (``random_weights``, or the test-only
@@ -293,7 +297,7 @@ def main(model_path: Optional[str] = None, *, random_weights: bool = False,
         if image is None:
             record = scenes.benchmark(seed, len(scenes.CATEGORIES))[seed % len(scenes.CATEGORIES)]
             image, question = record.image, question or record.question
-            reference = record.answers[0]
+            reference = record.answers[0] if record.answers else None
             print_fn(f"image:    a generated scene (seed {seed}; --seed picks another)")
         else:
             print_fn(f"image:    {image}")

@@ -268,7 +268,7 @@ class HFAnswerer:
             from .hf import DEFAULT_LAM
 
             lam = DEFAULT_LAM
-        self.attach_options = dict(lam=lam, saliency=saliency, seed=seed)
+        self.attach_options: Dict[str, Any] = dict(lam=lam, saliency=saliency, seed=seed)
         self.last: tuple = ()
 
     def __repr__(self) -> str:

@@ -43,14 +43,24 @@ import contextlib
 import os
 import sys
 import threading
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple, cast
 
 import numpy as np
 
 from . import _validate
 
-#: ``fn(features, k, saliency=None, *, lam=0.5, seed=0) -> kept indices``.
-Selector = Callable[..., Any]
+class Selector(Protocol):
+    """What :func:`get` returns: ``selector(features, k, saliency=None, *, lam=0.5, seed=0)``
+    gives the kept indices, sorted, int64, (k,) or (B, k): a NumPy array, or a tensor on the
+    input's device for a tensor input."""
+
+    def __call__(self, features: Any, k: int, saliency: Any = None, *, lam: float = 0.5,
+                 seed: int = 0) -> Any: ...
+
+
+#: What :func:`register` decorates: with ``wrap=True``, ``kernel(x, k, s, *, lam, seed)`` on
+#: validated NumPy ``(B, N, D)`` / ``(B, N)`` inputs; with ``wrap=False``, a :class:`Selector`.
+Kernel = Callable[..., Any]
 
 DEFAULT = "greedyprune"
 
@@ -72,7 +82,7 @@ _CDPRUNER_SPAN_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 
 
 def register(name: str, *, wrap: bool = True,
-             needs_saliency: bool = False) -> Callable[[Selector], Selector]:
+             needs_saliency: bool = False) -> Callable[[Kernel], Selector]:
     """Decorator that registers a selector under ``name`` (replacing any previous one).
 
     With ``wrap=True`` (the default) the decorated function receives NumPy inputs already
@@ -89,13 +99,14 @@ def register(name: str, *, wrap: bool = True,
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty string, got {name!r}")
 
-    def decorator(kernel: Selector) -> Selector:
+    def decorator(kernel: Kernel) -> Selector:
         _NEEDS_SALIENCY[name] = bool(needs_saliency)
         if not wrap:
-            _REGISTRY[name] = kernel
-            return kernel
+            _REGISTRY[name] = cast(Selector, kernel)
+            return cast(Selector, kernel)
 
-        def selector(features, k, saliency=None, *, lam: float = 0.5, seed: int = 0):
+        def selector(features: Any, k: int, saliency: Any = None, *, lam: float = 0.5,
+                     seed: int = 0) -> Any:
             x, s, k_, lam_, seed_, restore = _prepare(features, k, saliency, lam, seed)
             if needs_saliency and s is None:
                 raise ValueError(f"saliency is required by method {name!r}")
@@ -133,16 +144,16 @@ def registered(name: str, selector: Selector, *, needs_saliency: bool = False) -
     ``name`` inside the ``with`` block only, e.g. a recording wrapper for a demo or a
     benchmark; whatever was registered under ``name`` before is back afterwards. Yields
     ``name``."""
-    previous = _REGISTRY.get(name), _NEEDS_SALIENCY.get(name)
+    previous, previous_needs = _REGISTRY.get(name), _NEEDS_SALIENCY.get(name, False)
     register(name, wrap=False, needs_saliency=needs_saliency)(selector)
     try:
         yield name
     finally:
-        if previous[0] is None:
+        if previous is None:
             _REGISTRY.pop(name, None)
             _NEEDS_SALIENCY.pop(name, None)
         else:
-            _REGISTRY[name], _NEEDS_SALIENCY[name] = previous
+            _REGISTRY[name], _NEEDS_SALIENCY[name] = previous, previous_needs
 
 
 def ordered(name: str) -> Optional[Selector]:

@@ -202,22 +202,24 @@ def _size(rng) -> str:
     return _pick(rng, SIZES)
 
 
-def _fill(rng, board: _Board, things: List[Thing], total: int, allowed) -> None:
+def _fill(rng, board: _Board, things: List[Optional[Thing]], total: int, allowed) -> None:
     """Add random objects until there are ``total``; ``allowed(shape, colour)`` filters them.
     (colour, shape) pairs stay distinct within a scene, so "the red circle" names one object."""
-    if None in things:  # a placement failed: the caller starts over
+    placed = [t for t in things if t is not None]
+    if len(placed) < len(things):  # a placement failed: the caller starts over
         return
     pairs = [(s, c) for s in SHAPES for c in COLOURS]
     for _ in range(100):
         if len(things) >= total:
             return
         shape, colour = _pick(rng, pairs)
-        if any(t.shape == shape and t.colour == colour for t in things) or \
+        if any(t.shape == shape and t.colour == colour for t in placed) or \
                 not allowed(shape, colour):
             continue
         thing = board.place(rng, shape, colour, _size(rng))
         if thing is not None:
             things.append(thing)
+            placed.append(thing)
 
 
 def _question(rng, category: str, count_range: Tuple[int, int], variant: Optional[int]):
@@ -227,11 +229,12 @@ def _question(rng, category: str, count_range: Tuple[int, int], variant: Optiona
     board = _Board()
     total = int(rng.integers(count_range[0], count_range[1] + 1))
     colours = list(COLOURS)
-    things: List[Thing] = []
+    things: List[Optional[Thing]] = []   # None: a placement failed
     if category == "attribute":
         kinds = ("colour", "shape", "size")
         asked = _pick(rng, kinds) if variant is None else kinds[variant % 3]
         target = board.place(rng, _pick(rng, SHAPES), _pick(rng, colours), _size(rng))
+        assert target is not None  # the board is empty: the first object always fits
         things.append(target)
         if asked == "colour":
             _fill(rng, board, things, total, lambda s, c: s != target.shape)
@@ -288,9 +291,10 @@ def _question(rng, category: str, count_range: Tuple[int, int], variant: Optiona
         answer = "yes" if holds else "no"
     else:
         raise ValueError(f"category must be one of {', '.join(CATEGORIES)}, got {category!r}")
-    if None in things:
+    placed = tuple(t for t in things if t is not None)
+    if len(placed) < len(things):
         return None
-    return tuple(things), question, answer
+    return placed, question, answer
 
 
 def generate(rng: np.random.Generator, category: str, objects: Tuple[int, int] = (2, 6),

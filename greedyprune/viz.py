@@ -29,7 +29,7 @@ import math
 import operator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
@@ -422,7 +422,8 @@ def _panels(grid: Grid) -> List[Panel]:
         return [Panel(int(grid), int(grid))]
     if isinstance(grid, (tuple, list)) and len(grid) == 2 and all(
             isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in grid):
-        return [Panel(int(grid[0]), int(grid[1]))]
+        rows, cols = cast(Tuple[int, int], grid)
+        return [Panel(int(rows), int(cols))]
     if isinstance(grid, (tuple, list)) and grid and all(isinstance(p, Panel) for p in grid):
         return list(grid)
     raise TypeError("grid must be (rows, cols), a side length, a Panel or a list of Panels, "
