@@ -7,9 +7,12 @@ SOURCES := $(wildcard csrc/*.c csrc/*.h greedyprune/*.c) setup.py pyproject.toml
 
 .PHONY: demo test ctest fuzz bench readme clean
 
+# The torchvision line removes a torchvision that cannot load next to this torch
+# (requirements-dev.txt says why).
 $(VENV)/.requirements: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -c "import torchvision" 2>/dev/null || $(PY) -m pip uninstall -q -y torchvision
 	touch $@
 
 $(VENV)/.built: $(VENV)/.requirements $(SOURCES)
