@@ -57,7 +57,8 @@ def test_the_package_type_checks():
 
 def test_the_c_extension_matches_its_stub():
     env = dict(os.environ, MYPY_CACHE_DIR=str(ROOT / ".mypy_cache"))
-    result = subprocess.run([sys.executable, "-m", "mypy.stubtest", "greedyprune._core"],
+    result = subprocess.run([sys.executable, "-m", "mypy.stubtest", "greedyprune._core",
+                             "--mypy-config-file", "pyproject.toml"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
 
