@@ -15,6 +15,7 @@ from typing import Dict
 import torch
 from loguru import logger
 
+from ..config import PruneConfig
 from ..hf import attach
 from ._families import FAMILIES, Family
 
@@ -31,12 +32,13 @@ class Pruning:
 
     def __init__(self, *, keep=None, keep_ratio=None, lam=None, saliency="text",
                  method="greedyprune", seed=0, **wrapper_args):
-        settings = dict(keep=keep, keep_ratio=keep_ratio, lam=lam, saliency=saliency,
-                        method=method, seed=seed)
+        config = PruneConfig(keep=keep, keep_ratio=keep_ratio, saliency=saliency,
+                             method=method, seed=seed,
+                             **({} if lam is None else {"lam": lam}))   # the values checked
         defaults = inspect.signature(super().__init__).parameters
-        check_settings(wrapper_args.get("pretrained", defaults["pretrained"].default), settings)
+        check_settings(wrapper_args.get("pretrained", defaults["pretrained"].default), config)
         super().__init__(**_with_device_map(wrapper_args, defaults))
-        self.pruning = attach(self.model, **settings)
+        self.pruning = attach(self.model, config)
         self._counts = dict.fromkeys(COUNTS, 0)
         self._counted = None
         self.model.register_forward_hook(self._count_prefill)
@@ -66,9 +68,10 @@ class Pruning:
         return answers
 
 
-def check_settings(pretrained, settings) -> None:
+def check_settings(pretrained, prune: PruneConfig) -> None:
     """Attach to the model built from ``pretrained``'s config on the meta device (no weights,
-    no memory): wrong settings fail with attach's own message before anything loads."""
+    no memory): settings the architecture refuses (``saliency="cls"`` without a [CLS] token)
+    fail with attach's own message before anything loads."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     config = AutoConfig.from_pretrained(pretrained)
@@ -76,7 +79,7 @@ def check_settings(pretrained, settings) -> None:
         model = AutoModelForImageTextToText.from_config(config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")   # attach warns again on the real model
-        attach(model, **settings).detach()
+        attach(model, prune).detach()
 
 
 def _with_device_map(wrapper_args, defaults):
