@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Any, Dict, Literal, Mapping, Optional, Tuple, cast
+from typing import Any, Dict, Literal, Mapping, Optional, Tuple, Union, cast
 
 from . import _validate
 
@@ -41,9 +41,9 @@ class PruneConfig:
 
     keep: Optional[int] = None
     keep_ratio: Optional[float] = None
-    method: str = "greedyprune"
+    method: Union[Method, str] = "greedyprune"   # a shipped name, or one registered later
     lam: float = DEFAULT_LAM
-    saliency: str = "text"
+    saliency: Saliency = "text"
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -101,8 +101,11 @@ _CLASSES: Dict[str, type] = {}
 def model_class(family: Family, chat: bool) -> type:
     """greedyprune's subclass of ``family``'s chat or plain lmms-eval wrapper."""
     name = family.chat_name if chat else family.simple_name
+    path = family.chat if chat else family.simple
+    if path is None:
+        raise ValueError(f"lmms-eval has no chat wrapper for {family.simple}")
     if name not in _CLASSES:
-        module, base_name = (family.chat if chat else family.simple).split(":")
+        module, base_name = path.split(":")
         base = getattr(importlib.import_module(module), base_name)
         _CLASSES[name] = type(name, (Pruning, base), {
             "__module__": __name__, "__qualname__": name,
