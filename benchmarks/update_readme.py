@@ -17,7 +17,6 @@ an error: add the two marker lines where its table should appear.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -50,11 +49,6 @@ def replace_section(text, name, content):
         raise MarkerError(f"README has {end} before {start}")
     _, tail = rest.split(end)
     return f"{head}{start}\n{content.strip()}\n{end}{tail}"
-
-
-def marker_names(text):
-    """Names of the ``<!-- NAME:start -->`` markers in ``text``, in order."""
-    return re.findall(r"<!-- ([\w.-]+):start -->", text)
 
 
 def update(readme_text, results_dir, names=None):

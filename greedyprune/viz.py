@@ -6,7 +6,8 @@ with an outline around the kept region, pruned patches dimmed, and, when the cel
 enough, each kept patch numbered by its selection order.
 
 The correspondence between token indices and patches is a *layout*: one or more :class:`Panel`
-grids laid over the image, in token order. One helper per architecture builds it:
+grids laid over the image, in token order. :func:`draw_kept` draws from explicit indices and a
+layout, which these helpers build:
 
 - LLaVA-1.5: a single square grid (24×24 for CLIP ViT-L/14 at 336 px) over the centre crop the
   processor feeds the tower: :func:`llava_layout`.
@@ -17,11 +18,13 @@ grids laid over the image, in token order. One helper per architecture builds it
 - Qwen2-VL / 2.5-VL: one (h, w) grid of merged patches over the whole resized image:
   :func:`qwen_layout`.
 
-:func:`draw_kept` draws from explicit indices and a layout; :func:`draw_record` draws one image
-of the ``handle.last`` record of :func:`greedyprune.hf.attach`, whose ``PatchGrid`` maps every
-token to (view, row, col) — there LLaVA-NeXT's high-resolution view is drawn as the padded canvas
-the crops were cut from. Needs Pillow (and torch and
-transformers only for :func:`llava_next_layout`).
+:func:`draw_record` draws one image (or video) of the ``handle.last`` record of
+:func:`greedyprune.hf.attach`, for every architecture it supports: its ``PatchGrid`` maps every
+token to (view, row, col) — LLaVA and Gemma 3 one raster; LLaVA-NeXT and LLaVA-OneVision the base
+image and the high-resolution view, drawn as the padded canvas the crops were cut from;
+Idefics3 / SmolVLM the global image and the grid of sub-images; Qwen2-VL, Qwen2.5-VL and Qwen3-VL
+the merged grid, one view per frame pair of a video. Needs Pillow (and torch and transformers
+only for :func:`llava_next_layout`).
 """
 from __future__ import annotations
 
@@ -174,8 +177,6 @@ def draw_kept(
     ``title`` is given or when a panel has a title. Tokens that stand for no patch (row
     separators) are counted in the title strip.
     """
-    from PIL import Image, ImageDraw
-
     frames = image if isinstance(image, (list, tuple)) else [image]
     views, cells, layout_tokens = _layout([_to_pil(frame) for frame in frames], grid)
     if num_tokens is None:
@@ -187,17 +188,7 @@ def draw_kept(
         raise ValueError(f"scale must be a positive number, got {scale!r}")
     if not 0.0 <= dim <= 1.0:
         raise ValueError(f"dim must be in [0, 1], got {dim!r}")
-    if kept is None and order is None:
-        raise ValueError("kept and order cannot both be None")
-    kept_set = _indices(order if kept is None else kept, "kept", num_tokens)
-    rank = {}
-    if order is not None:
-        order_list = _indices(order, "order", num_tokens, as_list=True)
-        if not set(order_list) <= kept_set:
-            raise ValueError("order must hold kept indices (all of them, or all but tokens "
-                             "that were never candidates, such as LLaVA-NeXT's newlines)")
-        rank = {index: r + 1 for r, index in enumerate(order_list)}
-
+    kept_set, rank = _selection(kept, order, num_tokens)
     drawn = []
     for v, view in enumerate(views):
         mask = np.zeros((view.rows, view.cols), dtype=bool)
@@ -209,12 +200,32 @@ def draw_kept(
                 if index in rank:
                     ranks[where[1:]] = rank[index]
         drawn.append(_draw_grid(view, mask, ranks, scale, dim))
-
     lines = [title] if title else []
     separators = [i for i in range(num_tokens) if i not in cells]
     if separators:
         kept_separators = sum(1 for i in separators if i in kept_set)
         lines.append(f"{kept_separators} of {len(separators)} row-separator tokens kept")
+    return _compose(drawn, views, lines, scale)
+
+
+def _selection(kept, order, num_tokens: int):
+    """The kept token indices (a set) and each ordered one's rank (1, 2, ...)."""
+    if kept is None and order is None:
+        raise ValueError("kept and order cannot both be None")
+    kept_set = _indices(order if kept is None else kept, "kept", num_tokens)
+    rank = {}
+    if order is not None:
+        order_list = _indices(order, "order", num_tokens, as_list=True)
+        if not set(order_list) <= kept_set:
+            raise ValueError("order must hold kept indices (all of them, or all but tokens "
+                             "that were never candidates, such as LLaVA-NeXT's newlines)")
+        rank = {index: r + 1 for r, index in enumerate(order_list)}
+    return kept_set, rank
+
+
+def _compose(drawn, views, lines: List[str], scale: float) -> "PIL.Image.Image":
+    """The drawn views side by side under a strip with the text ``lines`` and view titles."""
+    from PIL import Image, ImageDraw
 
     gap = 8
     width = sum(im.width for im in drawn) + gap * (len(drawn) - 1)

@@ -1,6 +1,6 @@
 """The pruning step of greedyprune.hf on tensors: which tokens a prefill keeps, and the shorter
 inputs the decoder gets instead. No hooks and no model classes here (see ``_handle.py`` and
-``_archs.py``): plain functions from tensors to tensors, so each can be checked on its own.
+``_archs/``): plain functions from tensors to tensors, so each can be checked on its own.
 
 One prefill, for a batch of B rows of L tokens whose placeholder runs were located by
 :func:`locate_units`:
