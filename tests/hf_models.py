@@ -146,7 +146,7 @@ def make_batch(tiny: Tiny, prompts, seed: int = 0) -> Tuple[Dict[str, torch.Tens
     return batch, singles
 
 
-# --- Gemma 3, LLaVA-OneVision, Idefics3 / SmolVLM (issue 5) --------------------------------------
+# --- Gemma 3, LLaVA-OneVision, Idefics3 / SmolVLM --------------------------------------------
 
 VIDEO_ID = 97
 SIGLIP_CONFIG = dict(
@@ -295,7 +295,7 @@ def make_idefics3_batch(tiny: Tiny, prompts, seed: int = 0):
     return batch, singles
 
 
-# --- Qwen2-VL / Qwen2.5-VL / Qwen3-VL (issue 5) ------------------------------------------------
+# --- Qwen2-VL / Qwen2.5-VL / Qwen3-VL ------------------------------------------------------
 
 QWEN_VIDEO_ID = 97
 QWEN_VISION_START = 96

@@ -3,7 +3,8 @@ are, which mask and cache a call carries, which arguments hold one value per tok
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from types import FrameType
+from typing import Any, Dict, List, Optional, Sequence, TypeGuard
 
 import torch
 
@@ -14,7 +15,7 @@ def cache_of(kwargs: Dict[str, Any]):
     return cache if cache is not None else kwargs.get("past_key_values")
 
 
-def is_2d_mask(mask) -> bool:
+def is_2d_mask(mask: Any) -> TypeGuard[torch.Tensor]:
     return isinstance(mask, torch.Tensor) and mask.dim() == 2
 
 
@@ -90,7 +91,7 @@ def packed_sequences(kwargs: Dict[str, Any], mask) -> Optional[torch.Tensor]:
 def caller(module) -> Optional[torch.nn.Module]:
     """The module whose forward is calling ``module`` (a ``self`` up the stack that holds it as
     a direct child), if any within a few frames."""
-    frame = sys._getframe(1)
+    frame: Optional[FrameType] = sys._getframe(1)
     for _ in range(16):
         if frame is None:
             return None

@@ -42,7 +42,7 @@ def anyres_grid_shape(image_size: Sequence[int], grid_pinpoints, tile: int) -> T
     width) is cut into: the resolution of ``grid_pinpoints`` (a list of (height, width)) that keeps
     the most of the image at the least waste (as ``get_anyres_image_grid_shape``)."""
     original_height, original_width = (int(v) for v in image_size)
-    best, best_effective, best_wasted = None, 0, float("inf")
+    best, best_effective, best_wasted = (0, 0), 0, float("inf")
     for height, width in grid_pinpoints:
         scale = min(width / original_width, height / original_height)
         effective = min(int(original_width * scale) * int(original_height * scale),

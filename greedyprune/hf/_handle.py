@@ -85,8 +85,8 @@ class PruneHandle:
         self._attached = False
         self._pruner = Pruner(spec, self._inner, config, selector, ordered, self._runs,
                               self._thread)
-        self._cls_module = (spec.cls_probe(self._inner, {}) if config.saliency == "cls"
-                            else None)
+        self._cls_module = (spec.cls_probe(self._inner, {})
+                            if config.saliency == "cls" and spec.cls_probe is not None else None)
         stack = _stack(self._inner)
         if stack:
             stack[-1]._remove_hooks()   # suspended until this handle is detached

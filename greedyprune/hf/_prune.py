@@ -44,6 +44,7 @@ def budget(n: int, keep: Optional[int], keep_ratio: Optional[float]) -> int:
     if keep is not None:
         return min(keep, n)
     # The small slack keeps e.g. 0.25 · 576 at 144 despite floating-point rounding upwards.
+    assert keep_ratio is not None, "one of keep and keep_ratio"
     return max(1, min(n, math.ceil(keep_ratio * n - 1e-9)))
 
 
@@ -196,6 +197,12 @@ def budgets(units: Sequence[LocatedUnit], valid: torch.Tensor, keep: Optional[in
                         for cand in candidates]
 
 
+def _vision_index(unit: LocatedUnit) -> np.ndarray:
+    index = unit.layout.vision_index
+    assert index is not None, "checked when the [CLS] rows were recorded"
+    return index
+
+
 class _Saliency:
     """Saliency of a group of candidates (step 2), computed on first use: a prefill in which no
     image loses a token needs none."""
@@ -203,7 +210,8 @@ class _Saliency:
     def __init__(self, saliency: str, embeds, text_valid, placeholders, cls_rows, first_layer):
         self.kind, self.embeds, self.text_valid = saliency, embeds, text_valid
         self.placeholders, self.cls_rows, self.first_layer = placeholders, cls_rows, first_layer
-        self.anchor = self.relevance = None
+        self.anchor: Optional[torch.Tensor] = None
+        self.relevance: Optional[torch.Tensor] = None
         self.seconds = 0.0
 
     def __call__(self, units: Sequence[LocatedUnit], candidates, features) -> Optional[torch.Tensor]:
@@ -217,7 +225,7 @@ class _Saliency:
             scores = cosine_to_anchor(features, self.anchor[rows])
         elif self.kind == "cls":
             cls_rows = self.cls_rows()
-            sources = np.stack([unit.layout.vision_index[cand] + unit.vision_offset
+            sources = np.stack([_vision_index(unit)[cand] + unit.vision_offset
                                 for unit, cand in zip(units, candidates)])
             scores = cls_rows[torch.from_numpy(sources).to(cls_rows.device)].to(device)
         elif self.kind == "query":

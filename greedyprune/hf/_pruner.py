@@ -242,13 +242,15 @@ class Pruner:
         config = self.config
         if config.keep_ratio is not None:
             return config.keep_ratio >= 1
+        assert config.keep is not None, "one of keep and keep_ratio"
         return config.keep >= sum(int(mask.sum()) for mask in call.placeholder_masks.values())
 
     def _would_prune(self, kwargs: Dict[str, Any], call: Call) -> bool:
         if self._keeps_everything(call):
             return False
         embeds = kwargs["inputs_embeds"]
-        valid = self._padding_mask(kwargs, call, *embeds.shape[:2], embeds.device)
+        batch, length = embeds.shape[:2]
+        valid = self._padding_mask(kwargs, call, batch, length, embeds.device)
         units = self._locate_units(call, embeds)[0]
         candidates, ks = _prune.budgets(units, valid, self.config.keep, self.config.keep_ratio)
         return any(k < len(cand) for cand, k in zip(candidates, ks))

@@ -90,6 +90,7 @@ def _image_layout(tokens, newline_vector, crops: _Crops, first_crop: int, check,
     group = (np.cumsum(newline) - newline).astype(np.int64)  # a newline closes its row
     if n == crops.per_crop + 1 and newline[-1] and newline.sum() == 1:
         placed = _place(crops, first_crop)   # one crop and its newline
+        assert placed is not None, "without a crop grid there is nothing to unpad"
         if check.confirms(tokens, newline, placed, required=False):
             return _layout(newline, group, placed, crops, None, size), 1
     else:

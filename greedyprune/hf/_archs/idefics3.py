@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from operator import attrgetter
-from typing import List
+from typing import List, Tuple
 
 import numpy as np
 
@@ -34,7 +34,7 @@ def _idefics3_images(input_ids, image_token_id: int, per_crop: int):
     if input_ids is None:
         return None
     ids = input_ids.cpu().numpy()
-    runs = []   # per row: [(start, marker id)]
+    runs: List[List[Tuple[int, int]]] = []   # per row: [(start, marker id)]
     for row in ids:
         positions = np.flatnonzero(row == image_token_id)
         if not len(positions):
