@@ -34,14 +34,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# The checkout's greedyprune, even where another one is installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import greedyprune  # noqa: E402
+import harness  # noqa: E402
 from greedyprune import builtin, methods, scenes  # noqa: E402
 from greedyprune.evaluate import UNPRUNED, HFAnswerer, Setting, compare  # noqa: E402
 from greedyprune.hf import attach  # noqa: E402
 from greedyprune.reference import normalized_saliency  # noqa: E402
+from harness import table_head, table_row  # noqa: E402
 
 BUDGETS = (6, 12, 24, 48)
 LAMS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -118,14 +120,15 @@ def main(argv=None):
     p.add_argument("--seeds", default="0,1,2,3,4", help="seeds of the random method")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=50, help="questions per generate() call")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "fidelity.png")
+    p.add_argument("--out", type=Path, default=harness.RESULTS_DIR)
+    p.add_argument("--plot", type=Path, default=harness.ROOT / "docs" / "fidelity.png")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
         greedyprune.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
 
+    env = harness.environment()
     start = time.time()
     model, processor = builtin.load()
     questions = scenes.questions(args.seed, args.questions)
@@ -165,15 +168,13 @@ def main(argv=None):
         "training": {k: training.get(k) for k in ("steps", "batch", "questions",
                                                  "training_seconds", "threads", "device")},
         "seconds": elapsed, "machine": platform.platform(), "torch": torch.__version__,
-        "greedyprune": greedyprune.__version__,
+        "greedyprune": greedyprune.__version__, "environment": env,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_fidelity.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "bench_fidelity.md").write_text(markdown(result))
+    text = markdown(result)
+    print(text)
+    harness.write_report(args.out, "bench_fidelity", result, text)
     plot(result, args.plot)
-    print(markdown(result))
-    print(f"wrote {args.out / 'bench_fidelity.md'}, {args.out / 'bench_fidelity.json'}, "
-          f"{args.plot} in {elapsed / 60:.1f} min")
+    print(f"wrote {args.plot}; {elapsed / 60:.1f} min in all")
     return 0
 
 
@@ -205,38 +206,35 @@ def markdown(result) -> str:
         f"(of {n}); `random`: mean over seeds {','.join(map(str, result['random_seeds']))} "
         "± the spread of the per-seed accuracies:",
         "",
-        "| method | " + " | ".join(f"{k} ({100 * k / n:.0f}%)" for k in budgets) + " |",
-        "|---|" + "---:|" * len(budgets),
+        *table_head(["method", *(f"{k} ({100 * k / n:.0f}%)" for k in budgets)],
+                    "l" + "r" * len(budgets)),
     ]
-    for label in [s for s in result["settings"]]:
+    for label in result["settings"]:
         cells_ = []
         for k in budgets:
             row = next(r for r in rows if r["method"] == label and r["keep"] == k)
             spread = f" ± {_pct(row['accuracy_sd'])}" if "accuracy_sd" in row else ""
             cells_.append(f"{_pct(row['accuracy'])}{spread} ({_pct(row['agreement'])})")
-        lines.append(f"| {label} | " + " | ".join(cells_) + " |")
+        lines.append(table_row([label, *cells_]))
     lines += ["", "Share of the question's objects that keep at least one token, %:", "",
-              "| method | " + " | ".join(str(k) for k in budgets) + " |",
-              "|---|" + "---:|" * len(budgets)]
+              *table_head(["method", *budgets], "l" + "r" * len(budgets))]
     for label in result["settings"]:
         values = [next(r for r in rows if r["method"] == label and r["keep"] == k)["objects_hit"]
                   for k in budgets]
-        lines.append(f"| {label} | " + " | ".join(_pct(v) for v in values) + " |")
+        lines.append(table_row([label, *(_pct(v) for v in values)]))
     profile = result["saliency_profile"]
     groups = list(next(iter(profile.values())))
     lines += ["", "Mean saliency after min-max scaling per image (what the rule sees), first 100 "
-              "questions:", "", "| saliency | " + " | ".join(groups) + " |",
-              "|---|" + "---:|" * len(groups)]
+              "questions:", "", *table_head(["saliency", *groups], "l" + "r" * len(groups))]
     for kind, values in profile.items():
-        lines.append(f"| {kind} | " + " | ".join(f"{values[g]:.3f}" for g in groups) + " |")
+        lines.append(table_row([kind, *(f"{values[g]:.3f}" for g in groups)]))
     categories = list(base["by_category"])
     lines += ["", "<details><summary>Accuracy % (agreement %) per question type</summary>", "",
-              "| method | keep | " + " | ".join(categories) + " |",
-              "|---|---:|" + "---:|" * len(categories)]
+              *table_head(["method", "keep", *categories], "lr" + "r" * len(categories))]
     for row in rows:
-        lines.append(f"| {row['method']} | {row['keep']} | " + " | ".join(
+        lines.append(table_row([row["method"], row["keep"], *(
             f"{_pct(row['by_category'][c]['accuracy'])} ({_pct(row['by_category'][c]['agreement'])})"
-            for c in categories) + " |")
+            for c in categories)]))
     lines += ["", "</details>", "",
               f"Measured by `{result['command'].strip()}` in {result['seconds'] / 60:.0f} min "
               f"({result['machine']}, torch {result['torch']})."]

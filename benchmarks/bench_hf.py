@@ -11,7 +11,7 @@ Run it from the repository root::
     python benchmarks/update_readme.py bench_hf   # paste the table into README.md
 
 Models have random weights (nothing is downloaded) at realistic widths. Each entry of
-:data:`SHAPES` builds one model and its inputs.
+:data:`hf_cases.SHAPES` builds one model and its inputs.
 
 ``llava-1.5``: LlavaForConditionalGeneration with the vision tower of LLaVA-1.5 (CLIP ViT-L/14
 at 336 px: 24 layers, width 1024, 577 positions, features from layer -2, so 576 visual tokens
@@ -34,8 +34,8 @@ records per run:
 
 This machine's two cores are shared with other jobs, which slow some runs two- to threefold,
 so the table reports the fastest run of each quantity (the least disturbed) next to the median
-prefill, and the median hook time. ``hook / unpruned prefill`` (target < 2%) is the median hook
-time over the fastest unpruned prefill: the conservative ratio. Every run is kept in the JSON,
+prefill, and the median hook time. ``hook / unpruned prefill`` is the median hook time over
+the fastest unpruned prefill: the conservative ratio. Every run is kept in the JSON,
 and ``--from-json`` re-summarizes an earlier run without timing anything.
 
 The language model is cut short, so the table also gives ``projected 32 layers``: the vision
@@ -65,181 +65,15 @@ import datetime
 import json
 import platform
 import statistics
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
-
-try:
-    import greedyprune
-except ImportError:  # running from a checkout, not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import greedyprune
 
 import torch
 
+import harness
 from greedyprune.hf import attach
-
-BUDGETS = (None, 192, 128, 64)  # None: unpruned, no hooks attached
-FULL_DEPTH = 32
-
-
-@dataclass
-class Shape:
-    """One benchmarked architecture: ``build(args) -> (model, inputs, description)``."""
-
-    name: str
-    build: Callable
-    full_depth: int
-    budgets: Tuple[Optional[int], ...] = BUDGETS
-    #: (vision blocks used, vision blocks of the full model) when the tower is cut short too.
-    vision_depth: Optional[Callable] = None
-    #: Timed runs per budget unless ``--repeats`` says otherwise.
-    repeats: int = 9
-
-
-def build_llava15(args):
-    from transformers import LlavaConfig, LlavaForConditionalGeneration
-
-    if args.quick:  # same token counts, narrow and shallow
-        vision = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-                      num_attention_heads=4)
-        text = dict(hidden_size=512, intermediate_size=1376, num_attention_heads=8,
-                    num_key_value_heads=8, num_hidden_layers=2)
-    else:
-        vision = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                      num_attention_heads=16)
-        text = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32,
-                    num_key_value_heads=32, num_hidden_layers=args.lm_layers)
-    config = LlavaConfig(
-        vision_config=dict(model_type="clip_vision_model", image_size=336, patch_size=14,
-                           projection_dim=768, **vision),
-        text_config=dict(model_type="llama", vocab_size=32064, max_position_embeddings=4096,
-                         pad_token_id=0, **text),
-        image_token_index=32000, vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
-    torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(config).eval()
-    model.set_attn_implementation("sdpa")
-    generator = torch.Generator().manual_seed(0)
-    before = torch.randint(3, 31999, (8,), generator=generator)
-    after = torch.randint(3, 31999, (40,), generator=generator)
-    ids = torch.cat([torch.tensor([1]), before, torch.full((576,), 32000), after])[None]
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-              "pixel_values": torch.randn(1, 3, 336, 336, generator=generator)}
-    t, v = config.text_config, config.vision_config
-    description = (
-        f"LlavaForConditionalGeneration, random weights, float32: CLIP ViT ({v.num_hidden_layers} "
-        f"layers, width {v.hidden_size}, {v.image_size} px / {v.patch_size} px patches: 576 "
-        f"visual tokens) + Llama ({t.num_hidden_layers} layers, width {t.hidden_size}, MLP "
-        f"{t.intermediate_size}, vocabulary {t.vocab_size}); prompt {ids.shape[1]} tokens "
-        f"(1 image + {ids.shape[1] - 576} text), batch 1"
-    )
-    return model, inputs, description
-
-
-QWEN_IMAGE_ID, QWEN_VIDEO_ID, QWEN_VISION_START, QWEN_VISION_END = 151655, 151656, 151652, 151653
-QWEN_BUDGETS = (None, 384, 256, 128)
-_qwen_models = {}
-
-
-def _qwen2vl_model(args):
-    """The Qwen2-VL-7B-shaped model (cut short), built once for both Qwen entries."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-
-    key = (args.quick, args.qwen_vision_layers, args.qwen_lm_layers)
-    if key in _qwen_models:
-        return _qwen_models[key]
-    if args.quick:  # same token counts, narrow and shallow
-        vision = dict(embed_dim=256, num_heads=4, hidden_size=512, depth=2)
-        text = dict(hidden_size=512, intermediate_size=1376, num_attention_heads=8,
-                    num_key_value_heads=8, num_hidden_layers=2, vocab_size=152064,
-                    rope_parameters={"rope_type": "default", "mrope_section": [16, 8, 8],
-                                     "rope_theta": 1e6})
-    else:
-        vision = dict(embed_dim=1280, num_heads=16, hidden_size=3584, depth=args.qwen_vision_layers)
-        text = dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28,
-                    num_key_value_heads=4, num_hidden_layers=args.qwen_lm_layers,
-                    vocab_size=152064,
-                    rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24],
-                                     "rope_theta": 1e6})
-    config = Qwen2VLConfig(
-        vision_config=dict(mlp_ratio=4, patch_size=14, spatial_merge_size=2,
-                           temporal_patch_size=2, **vision),
-        text_config=dict(max_position_embeddings=32768, rms_norm_eps=1e-6, **text),
-        image_token_id=QWEN_IMAGE_ID, video_token_id=QWEN_VIDEO_ID,
-        vision_start_token_id=QWEN_VISION_START, vision_end_token_id=QWEN_VISION_END,
-    )
-    torch.manual_seed(0)
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    model.set_attn_implementation("sdpa")
-    _qwen_models.clear()
-    _qwen_models[key] = model
-    return model
-
-
-def _qwen_prompt(token, count, generator):
-    """8 text tokens, the visual run between vision start and end, 40 text tokens."""
-    before = torch.randint(3, 151000, (8,), generator=generator)
-    after = torch.randint(3, 151000, (40,), generator=generator)
-    ids = torch.cat([before, torch.tensor([QWEN_VISION_START]), torch.full((count,), token),
-                     torch.tensor([QWEN_VISION_END]), after])[None]
-    types = torch.zeros_like(ids)
-    types[ids == QWEN_IMAGE_ID] = 1
-    types[ids == QWEN_VIDEO_ID] = 2
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": types}
-
-
-def _qwen_description(model, what, ids):
-    v, t = model.config.vision_config, model.config.text_config
-    return (f"Qwen2VLForConditionalGeneration, random weights, float32: vision tower "
-            f"({v.depth} of 32 blocks, width {v.embed_dim}, {v.patch_size} px patches merged "
-            f"{v.spatial_merge_size}×{v.spatial_merge_size}) + Qwen2 language model "
-            f"({t.num_hidden_layers} of 28 layers, width {t.hidden_size}, MLP "
-            f"{t.intermediate_size}, {t.num_attention_heads} heads / {t.num_key_value_heads} KV "
-            f"heads, vocabulary {t.vocab_size}, M-RoPE); {what}; prompt {ids.shape[1]} tokens, "
-            f"batch 1")
-
-
-def build_qwen2vl_image(args):
-    model = _qwen2vl_model(args)
-    generator = torch.Generator().manual_seed(0)
-    t, h, w = 1, 60, 80  # a 1120×840 image in 14-px patches
-    tokens = t * h * w // 4
-    inputs = _qwen_prompt(QWEN_IMAGE_ID, tokens, generator)
-    inputs["pixel_values"] = torch.randn(t * h * w, 3 * 2 * 14 * 14, generator=generator)
-    inputs["image_grid_thw"] = torch.tensor([[t, h, w]])
-    what = f"one 1120×840 image ({w}×{h} patches: {tokens} visual tokens) + 48 text tokens"
-    return model, inputs, _qwen_description(model, what, inputs["input_ids"])
-
-
-def build_qwen2vl_video(args):
-    model = _qwen2vl_model(args)
-    generator = torch.Generator().manual_seed(1)
-    t, h, w = 8, 18, 32  # 16 frames of 448×252: 8 frame pairs of 32×18 patches
-    tokens = t * h * w // 4
-    inputs = _qwen_prompt(QWEN_VIDEO_ID, tokens, generator)
-    inputs["pixel_values_videos"] = torch.randn(t * h * w, 3 * 2 * 14 * 14, generator=generator)
-    inputs["video_grid_thw"] = torch.tensor([[t, h, w]])
-    what = (f"one 16-frame 448×252 video ({t} frame pairs of {w}×{h} patches: {tokens} visual "
-            f"tokens, one budget) + 48 text tokens")
-    return model, inputs, _qwen_description(model, what, inputs["input_ids"])
-
-
-def _qwen_vision_depth(args):
-    return (2 if args.quick else args.qwen_vision_layers), 32
-
-
-SHAPES: Dict[str, Shape] = {
-    "llava-1.5": Shape("llava-1.5", build_llava15, FULL_DEPTH),
-    # 3 runs per budget keep the two Qwen entries near 5 minutes on 2 cores.
-    "qwen2-vl-image": Shape("qwen2-vl-image", build_qwen2vl_image, 28, QWEN_BUDGETS,
-                            _qwen_vision_depth, repeats=3),
-    "qwen2-vl-video": Shape("qwen2-vl-video", build_qwen2vl_video, 28, QWEN_BUDGETS,
-                            _qwen_vision_depth, repeats=3),
-}
+from harness import table_head, table_row
+from hf_cases import SHAPES, Shape
 
 
 class Stopwatch:
@@ -350,10 +184,12 @@ def summarize(result):
     full = rows[0]
     for row in rows:
         # Conservative: the median hook time over the *fastest* unpruned prefill.
-        row["hook_share_of_unpruned_prefill"] = row["hook_median"] / full["prefill_best"]
-        row["hook_share_of_unpruned_projected"] = row["hook_median"] / full["projected_full_depth"]
-        row["prefill_speedup"] = full["prefill_best"] / row["prefill_best"]
-        row["decoder_speedup"] = full["decoder_best"] / row["decoder_best"]
+        row["hook_share_of_unpruned_prefill"] = harness.ratio(row["hook_median"],
+                                                              full["prefill_best"])
+        row["hook_share_of_unpruned_projected"] = harness.ratio(row["hook_median"],
+                                                                full["projected_full_depth"])
+        row["prefill_speedup"] = harness.ratio(full["prefill_best"], row["prefill_best"])
+        row["decoder_speedup"] = harness.ratio(full["decoder_best"], row["decoder_best"])
     for row in rows:
         print(f"  {result['shape']} keep={row['keep']}: prefill {row['prefill_best']:.3f} s, "
               f"decoder {row['decoder_best']:.3f} s, hook {row['hook_median'] * 1e3:.1f} ms",
@@ -385,10 +221,10 @@ def markdown(report):
         lines += [
             f"**{shape['shape']}**: {shape['description']}.{measured}",
             "",
-            f"| keep | tokens | prefill (s) | median prefill (s) | vision (s) | decoder (s) | "
-            f"hook (ms) | hook / unpruned prefill | prefill speed-up | decoder speed-up | "
-            f"projected {full} layers (s) | hook / projected |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *table_head(["keep", "tokens", "prefill (s)", "median prefill (s)", "vision (s)",
+                         "decoder (s)", "hook (ms)", "hook / unpruned prefill", "prefill speed-up",
+                         "decoder speed-up", f"projected {full} layers (s)", "hook / projected"],
+                        "r" * 12),
         ]
         for row in shape["rows"]:
             pruned = row["keep"] is not None
@@ -396,11 +232,11 @@ def markdown(report):
             hook = f"{row['hook_median'] * 1e3:.1f}" if pruned else "–"
             share = f"{row['hook_share_of_unpruned_prefill']:.2%}" if pruned else "–"
             share_p = f"{row['hook_share_of_unpruned_projected']:.2%}" if pruned else "–"
-            lines.append(
-                f"| {keep} | {row['seq_len']} | {row['prefill_best']:.3f} | "
-                f"{row['prefill_median']:.3f} | {row['vision_best']:.3f} | "
-                f"{row['decoder_best']:.3f} | {hook} | {share} | {row['prefill_speedup']:.2f}× | "
-                f"{row['decoder_speedup']:.2f}× | {row['projected_full_depth']:.2f} | {share_p} |")
+            lines.append(table_row([
+                keep, row["seq_len"], f"{row['prefill_best']:.3f}", f"{row['prefill_median']:.3f}",
+                f"{row['vision_best']:.3f}", f"{row['decoder_best']:.3f}", hook, share,
+                f"{row['prefill_speedup']:.2f}×", f"{row['decoder_speedup']:.2f}×",
+                f"{row['projected_full_depth']:.2f}", share_p]))
         pruned_rows = [r for r in shape["rows"] if r["keep"] is not None]
         if pruned_rows:
             parts = "; ".join(
@@ -456,13 +292,13 @@ def main(argv=None):
         return
     import transformers
 
+    env = harness.environment(transformers=transformers.__version__)
     report = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
-        "torch": torch.__version__, "transformers": transformers.__version__,
-        "greedyprune": getattr(greedyprune, "__version__", "?"),
-        "threads": torch.get_num_threads(), "repeats": None, "quick": args.quick,
-        "shapes": [],
+        "torch": env["torch"], "transformers": env["transformers"],
+        "greedyprune": env["greedyprune"], "threads": env["torch_default_threads"],
+        "repeats": None, "quick": args.quick, "environment": env, "shapes": [],
     }
     for name in args.shapes:
         print(f"{name}: building", flush=True)
@@ -470,7 +306,7 @@ def main(argv=None):
     report["repeats"] = report["shapes"][0]["repeats"] if report["shapes"] else args.repeats
     out = args.out
     if out is None and not args.quick:
-        out = Path(__file__).resolve().parent / "results"
+        out = harness.RESULTS_DIR
     if out is not None:
         keep_earlier(report, out / "bench_hf.json")
     write(report, out)
@@ -497,12 +333,10 @@ def keep_earlier(report, path: Path) -> None:
 
 
 def write(report, out):
-    print(markdown(report))
+    text = markdown(report)
+    print(text)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "bench_hf.json").write_text(json.dumps(report, indent=1))
-        (out / "bench_hf.md").write_text(markdown(report))
-        print(f"wrote {out / 'bench_hf.json'} and {out / 'bench_hf.md'}")
+        harness.write_report(out, "bench_hf", report, text)
 
 
 if __name__ == "__main__":

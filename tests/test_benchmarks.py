@@ -1,25 +1,154 @@
-"""The benchmark scripts: bench_select.py's smoke run writes what the README table needs, and
+"""The benchmark scripts: their shared harness, bench_select.py's and bench_hf.py's smoke runs
+write what the README tables need, the committed tables are what their JSON regenerates, and
 update_readme.py pastes tables between their markers without touching anything else."""
-import importlib.util
+import importlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+RESULTS = BENCHMARKS / "results"
 METHODS = {"stream", "c_1t", "c_2t", "reference", "torch_nxn_1t", "torch_nxn_2t"}
+#: What the user-facing tables must never state: the internal targets and their verdicts.
+VERDICT_WORDS = ("PASS", "MISS", "NOT RUN", "target", "issue")
 
 
 def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """Import benchmarks/NAME.py the way the scripts import one another: from their folder."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
 
 
+def run_script(*args, timeout=120):
+    done = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+harness = load_script("harness")
 update_readme = load_script("update_readme")
+
+
+# --- harness.py -------------------------------------------------------------------------------
+
+
+def test_measure_discards_a_fast_warm_up_and_returns_the_first_result():
+    calls = []
+    times, result = harness.measure(lambda: calls.append(len(calls)) or len(calls), 10.0, 3, 3)
+    assert result == 1 and len(calls) == 4 and len(times) == 3  # warm-up + 3 timed calls
+    assert all(t >= 0 for t in times)
+
+
+def test_measure_counts_a_first_call_that_takes_the_budget():
+    calls = []
+    times, _ = harness.measure(lambda: calls.append(1), 0.0, 5, 5, slow_min_repeats=1)
+    assert len(times) == 1 and len(calls) == 1  # the first call alone is enough
+    times, _ = harness.measure(lambda: calls.append(1), 0.0, 5, 5)
+    assert len(times) == 5 and len(calls) == 6  # the first call and four more
+
+
+def test_summary_and_ratio():
+    assert harness.summary([0.3, 0.1, 0.2, 0.4]) == pytest.approx(
+        {"median_s": 0.25, "repeats": 4, "min_s": 0.1})
+    assert harness.ratio(3.0, 2.0) == 1.5
+    assert harness.ratio(None, 2.0) is None
+    assert harness.ratio(3.0, None) is None
+    assert harness.ratio(3.0, 0.0) is None
+
+
+def test_table_head_aligns_each_column_and_rejects_a_wrong_alignment():
+    assert harness.table_head(["a", "b", "c"], "lrl") == ["| a | b | c |", "|---|---:|---|"]
+    assert harness.table_row(["x", 1, 2.5]) == "| x | 1 | 2.5 |"
+    with pytest.raises(ValueError, match=r"aligns must hold one 'l' or 'r' per header \(2\)"):
+        harness.table_head(["a", "b"], "l")
+    with pytest.raises(ValueError, match="aligns must hold"):
+        harness.table_head(["a", "b"], "lc")
+
+
+def test_thread_contexts_restore_the_previous_setting():
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    with harness.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    np.ones(4) @ np.ones(4)  # load the BLAS
+    blas = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    with harness.blas_threads(1):
+        inside = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+        assert all(i["num_threads"] == 1 for i in inside)
+    after = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    assert [i["num_threads"] for i in after] == [i["num_threads"] for i in blas]
+
+
+def test_environment_records_versions_threads_and_extras(monkeypatch):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    env = harness.environment(stream_backend="numpy")
+    assert env["greedyprune"] == harness.greedyprune.__version__
+    assert env["numpy"] == np.__version__
+    assert env["environment_variables"]["OMP_WAIT_POLICY"] == "passive"
+    assert set(env["environment_variables"]) == set(harness.THREAD_VARIABLES)
+    assert list(env)[-1] == "stream_backend" and env["stream_backend"] == "numpy"
+    assert len(env["load_average_at_start"]) == 3 and env["logical_cpus"] >= 1
+
+
+CHILD = """
+import json, sys
+sys.path.insert(0, {benchmarks!r})
+import numpy as np
+import harness
+assert sys.argv[1] == harness.MEMORY_CHILD_OPTION
+size = json.loads(sys.argv[2])["bytes"]
+if size < 0:
+    raise SystemExit("negative size")
+print(json.dumps(harness.peak_extra_memory(lambda: np.ones(size // 8))))
+"""
+
+
+def test_peak_memory_in_a_child_sees_the_allocation(tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(benchmarks=str(BENCHMARKS)))
+    small = harness.measure_in_child(script, {"bytes": 8})
+    large = harness.measure_in_child(script, {"bytes": 64 << 20})
+    if not large["peak_reset"]:
+        pytest.skip("this kernel does not let a process reset its peak RSS")
+    assert small["extra_bytes"] < 8 << 20
+    assert 60 << 20 <= large["extra_bytes"] < 80 << 20
+
+
+def test_peak_memory_child_failure_is_reported(tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(benchmarks=str(BENCHMARKS)))
+    assert harness.measure_in_child(script, {"bytes": -1}) == {"error": "negative size"}
+
+
+# --- the committed tables ---------------------------------------------------------------------
+
+
+def test_committed_bench_select_table_is_what_its_json_regenerates(tmp_path):
+    shutil.copy(RESULTS / "bench_select.json", tmp_path)
+    run_script(BENCHMARKS / "bench_select.py", "--from-json", "--out", tmp_path)
+    assert (tmp_path / "bench_select.md").read_text() == (RESULTS / "bench_select.md").read_text()
+
+
+def test_committed_bench_hf_table_is_what_its_json_regenerates(tmp_path):
+    shutil.copy(RESULTS / "bench_hf.json", tmp_path)
+    run_script(BENCHMARKS / "bench_hf.py", "--from-json", tmp_path / "bench_hf.json")
+    text = (tmp_path / "bench_hf.md").read_text()
+    assert text == (RESULTS / "bench_hf.md").read_text()
+    for word in VERDICT_WORDS:
+        assert word not in text
+    committed = json.loads((RESULTS / "bench_hf.json").read_text())
+    assert json.loads((tmp_path / "bench_hf.json").read_text()) == committed
 
 
 # --- bench_select.py --------------------------------------------------------------------------
@@ -28,11 +157,7 @@ update_readme = load_script("update_readme")
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench_select.py"), "--quick", "--out", str(out)],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_script(BENCHMARKS / "bench_select.py", "--quick", "--out", out)
     return out, json.loads((out / "bench_select.json").read_text()), done.stdout
 
 
@@ -85,19 +210,14 @@ def test_quick_run_markdown_has_header_tables_and_targets(quick_run):
     assert "| features | N × D, K |" in text
     assert "gaussian (i.i.d.)" in text and "clustered (image-like)" in text
     assert "**Key figures**" in text and "quadratic in N" in text
-    for verdict in ("PASS", "MISS", "NOT RUN", "target", "issue"):  # the JSON keeps verdicts
+    for verdict in VERDICT_WORDS:  # the JSON keeps the verdicts
         assert verdict not in text
 
 
 def test_from_json_rewrites_the_markdown_the_run_wrote(quick_run, tmp_path):
     out, _, _ = quick_run
-    (tmp_path / "bench_select.json").write_text((out / "bench_select.json").read_text())
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench_select.py"), "--from-json", "--out",
-         str(tmp_path)],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
+    shutil.copy(out / "bench_select.json", tmp_path)
+    run_script(BENCHMARKS / "bench_select.py", "--from-json", "--out", tmp_path)
     assert (tmp_path / "bench_select.md").read_text() == (out / "bench_select.md").read_text()
 
 
@@ -106,12 +226,35 @@ def test_pick_shortfall_flags_a_wrong_pick():
 
     import greedyprune
 
-    bench = load_script("bench_select")
+    checks = load_script("select_checks")
     x = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
     order, _ = greedyprune.greedy(x, 5, None, 0.0)
-    assert bench.pick_shortfall(x, None, 0.0, order) <= 1e-6
+    assert checks.pick_shortfall(x, None, 0.0, order) <= 1e-6
     wrong_order = [int(order[0]), *[i for i in range(50) if i not in order][:4]]
-    assert bench.pick_shortfall(x, None, 0.0, wrong_order) > 1e-3
+    assert checks.pick_shortfall(x, None, 0.0, wrong_order) > 1e-3
+
+
+# --- bench_hf.py ------------------------------------------------------------------------------
+
+
+def test_bench_hf_quick_run_times_every_budget_and_its_json_regenerates_the_table(tmp_path):
+    pytest.importorskip("transformers")
+    run_script(BENCHMARKS / "bench_hf.py", "--quick", "--shapes", "llava-1.5", "--out", tmp_path,
+               timeout=600)
+    report = json.loads((tmp_path / "bench_hf.json").read_text())
+    assert report["quick"] is True and report["environment"]["transformers"]
+    (shape,) = report["shapes"]
+    assert [row["keep"] for row in shape["rows"]] == [None, 192, 128, 64]
+    unpruned, *pruned = shape["rows"]
+    for row in pruned:
+        assert row["hook_median"] > 0 and row["kept_per_image"] == [row["keep"]]
+        assert row["seq_len"] == unpruned["seq_len"] - 576 + row["keep"]
+    text = (tmp_path / "bench_hf.md").read_text()
+    for word in VERDICT_WORDS:
+        assert word not in text
+    (tmp_path / "bench_hf.md").unlink()
+    run_script(BENCHMARKS / "bench_hf.py", "--from-json", tmp_path / "bench_hf.json")
+    assert (tmp_path / "bench_hf.md").read_text() == text
 
 
 # --- update_readme.py -------------------------------------------------------------------------
