@@ -32,8 +32,10 @@ ctest:
 fuzz: $(VENV)/.built
 	PYTHON=$(PY) bash fuzz/run.sh
 
+# bench_select exits 1 when a performance target is missed (its JSON says which); the other
+# benchmarks and the README update run regardless.
 bench: $(VENV)/.built
-	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench_select.py
+	-env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench_select.py
 	$(PY) benchmarks/bench_hf.py
 	$(PY) benchmarks/bench_fidelity.py
 	$(PY) benchmarks/update_readme.py

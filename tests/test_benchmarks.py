@@ -27,10 +27,10 @@ def load_script(name):
         sys.path.remove(str(BENCHMARKS))
 
 
-def run_script(*args, timeout=120):
+def run_script(*args, timeout=120, statuses=(0,)):
     done = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
                           timeout=timeout)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode in statuses, done.stderr
     return done
 
 
@@ -157,8 +157,12 @@ def test_committed_bench_hf_table_is_what_its_json_regenerates(tmp_path):
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    done = run_script(BENCHMARKS / "bench_select.py", "--quick", "--out", out)
-    return out, json.loads((out / "bench_select.json").read_text()), done.stdout
+    # Exit status 1 when a performance target is missed (a busy machine may miss one).
+    done = run_script(BENCHMARKS / "bench_select.py", "--quick", "--out", out, statuses=(0, 1))
+    document = json.loads((out / "bench_select.json").read_text())
+    missed = any(t["verdict"] == "MISS" for t in document["targets"])
+    assert done.returncode == int(missed), document["targets"]
+    return out, document, done.stdout
 
 
 def test_quick_run_writes_json_with_every_section(quick_run):
