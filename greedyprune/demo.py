@@ -202,32 +202,44 @@ def run(model, processor, *, image: Any = None, question: str = DEFAULT_QUESTION
         model.forward).parameters else {}
 
     def prefill_seconds() -> float:
-        times = []
-        with torch.inference_mode():
-            for n in range(repeats + 1):  # the first pass warms up allocators and kernels
-                sync()
-                start = time.perf_counter()
-                model(**inputs, **extra)
-                sync()
-                times.append(time.perf_counter() - start)
-        # The best run: the cost of the work itself, least disturbed by other processes.
-        return min(times[1:])
+        sync()
+        start = time.perf_counter()
+        model(**inputs, **extra)
+        sync()
+        return time.perf_counter() - start
 
-    unpruned = prefill_seconds()
+    # Side by side: each round times the unpruned prefill and every setting once, so that a
+    # burst of load on the machine hits them alike (round 0 warms up allocators and kernels).
+    # Each gets its best round: the cost of the work itself, least disturbed by other jobs.
+    settings = list(itertools.product(methods, keeps))
+    times: Dict[Any, List[float]] = {setting: [] for setting in [None, *settings]}
+    records: Dict[Any, Any] = {}
+    with torch.inference_mode():
+        for round_number in range(repeats + 1):
+            for setting in times:
+                if setting is None:
+                    seconds = prefill_seconds()
+                else:
+                    method, keep = setting
+                    with attach(model, **budget_arguments(keep), method=method, lam=lam,
+                                saliency=saliency) as handle:
+                        seconds = prefill_seconds()
+                    records[setting] = handle.last_prefill
+                if round_number:
+                    times[setting].append(seconds)
+
+    unpruned = min(times[None])
     answer_unpruned = answerer(image, question).text
     _print_header(reference, answer_unpruned, unpruned, repeats, print_fn)
     runs, picture, tokens_before = [], None, 0
-    for number, (method, keep) in enumerate(itertools.product(methods, keeps)):
-        with attach(model, **budget_arguments(keep), method=method, lam=lam,
-                    saliency=saliency) as handle:
-            pruned = prefill_seconds()
-            record = handle.last_prefill
+    for number, (method, keep) in enumerate(settings):
+        record = records[method, keep]
         if record is None:
             raise RuntimeError(f"{type(model).__name__}'s prefill did not reach the pruning hook")
         entry = record.images[0]
         result = PrunedRun(method, keep, sum(i.tokens_after for i in record.images),
-                           int(record.seq_len_after), pruned, record.hook_seconds,
-                           answerer(image, question, method, keep).text)
+                           int(record.seq_len_after), min(times[method, keep]),
+                           record.hook_seconds, answerer(image, question, method, keep).text)
         runs.append(result)
         tokens_before = sum(i.tokens_before for i in record.images)
         _print_run(result, tokens_before, sequence_before, unpruned, lam, saliency, print_fn)
@@ -250,7 +262,7 @@ def _print_header(reference, answer, seconds, repeats, print_fn) -> None:
     if reference is not None:
         print_fn(f"reference answer: {reference}")
     print_fn(f"unpruned: answer {ascii(answer)}, prefill {seconds * 1e3:.1f} ms "
-             f"(best of {repeats})")
+             f"(best of {repeats} rounds, each timing every setting in turn)")
 
 
 def _print_run(r: PrunedRun, before, sequence_before, unpruned, lam, saliency,

@@ -209,7 +209,7 @@ def topk(x, k, s, *, lam, seed):
 @register("divprune")
 def divprune(x, k, s, *, lam, seed):
     """Max-min diversity, starting from the token farthest from its nearest neighbour."""
-    with blas_threads():
+    with blas_threads(_pairwise_work(x)):
         first = np.array([_farthest_from_nearest_neighbour(xb) for xb in x])
     # After the first pick the rule is farthest-point sampling, which is GreedyPrune with the
     # diversity term alone. A saliency that is 1 at the first pick and 0 elsewhere, at λ = 1/2,
@@ -263,7 +263,7 @@ def cdpruner(x, k, s, *, lam, seed):
     (largest q), lowest index first: exactly k distinct indices, whatever the input.
     """
     work = np.float64 if x.dtype == np.float64 else np.float32
-    with blas_threads():
+    with blas_threads(_pairwise_work(x)):
         return np.stack([
             cdpruner_order(x[b], k, cdpruner_quality(None if s is None else s[b], work))
             for b in range(len(x))
@@ -384,7 +384,7 @@ def nearest_neighbour_distance(x: np.ndarray) -> np.ndarray:
     n = len(xhat)
     nearest = np.full(n, np.inf, dtype=work)
     block = max(1, min(n, _BLOCK_ENTRIES // n))
-    with blas_threads():
+    with blas_threads(_pairwise_work(xhat[None])):
         for start in range(0, n, block):
             stop = min(n, start + block)
             dist = (1.0 - xhat[start:stop] @ xhat.T) / 2.0
@@ -425,9 +425,23 @@ def _blas() -> Any:
     return _blas_controller or None
 
 
+#: Below this many multiply-adds a block's BLAS stays on one thread: waking OpenBLAS's threads
+#: costs more than they save on small inputs, and they keep spinning afterwards, taking cores
+#: from the model's own threads (on two cores, a 144-token image's divprune then slowed the
+#: model's next prefills several-fold).
+_BLAS_PARALLEL_MIN_WORK = 1 << 26
+
+
+def _pairwise_work(x) -> int:
+    """Multiply-adds of all the pairwise products of a (B, N, D) batch."""
+    batch, n, d = x.shape
+    return int(batch) * int(n) * int(n) * int(d)
+
+
 @contextlib.contextmanager
-def blas_threads() -> Iterator[None]:
-    """Hold NumPy's BLAS to :func:`greedyprune.get_num_threads` threads inside the block.
+def blas_threads(work: int) -> Iterator[None]:
+    """Hold NumPy's BLAS to :func:`greedyprune.get_num_threads` threads inside the block, or
+    to one thread when the block does fewer than ``_BLAS_PARALLEL_MIN_WORK`` multiply-adds.
 
     Needs threadpoolctl; without it (or without a BLAS it can control) the block runs
     unchanged. Re-entrant. Blocks in different Python threads take turns: OpenBLAS's thread
@@ -453,7 +467,8 @@ def blas_threads() -> Iterator[None]:
         _blas_depth = 1
         try:
             # The setting may exceed what the BLAS takes (a C int): use at most one per CPU.
-            with controller.limit(limits=min(get_num_threads(), _cpus_available())):
+            threads = min(get_num_threads(), _cpus_available())
+            with controller.limit(limits=threads if work >= _BLAS_PARALLEL_MIN_WORK else 1):
                 yield
         finally:
             _blas_depth = 0

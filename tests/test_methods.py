@@ -384,15 +384,34 @@ def blas_thread_counts():
 
 
 @pytest.fixture
-def package_threads_differ_from_blas():
-    """greedyprune.get_num_threads() set to a count the BLAS does not have now."""
+def package_threads_differ_from_blas(monkeypatch):
+    """greedyprune.get_num_threads() set to a count the BLAS does not have now, and every
+    block large enough to use it."""
     before = blas_thread_counts()
     if not before:
         pytest.skip("threadpoolctl finds no BLAS library")
     target = 1 if before[0] > 1 else 2
+    monkeypatch.setattr(methods, "_BLAS_PARALLEL_MIN_WORK", 0)
     previous = greedyprune.set_num_threads(target)
     yield before, target
     greedyprune.set_num_threads(previous)
+
+
+def test_small_blocks_keep_the_blas_on_one_thread(monkeypatch):
+    before = blas_thread_counts()
+    if not before:
+        pytest.skip("threadpoolctl finds no BLAS library")
+    previous = greedyprune.set_num_threads(2)
+    try:
+        with methods.blas_threads(methods._BLAS_PARALLEL_MIN_WORK - 1):
+            small = blas_thread_counts()
+        with methods.blas_threads(methods._BLAS_PARALLEL_MIN_WORK):
+            large = blas_thread_counts()
+    finally:
+        greedyprune.set_num_threads(previous)
+    assert small == [1] * len(before)
+    assert large == [min(2, methods._cpus_available())] * len(before)
+    assert blas_thread_counts() == before
 
 
 @pytest.mark.parametrize("name", ["divprune", "cdpruner"])
@@ -422,8 +441,8 @@ def test_numpy_blas_runs_on_the_package_thread_count(name, monkeypatch,
 def test_blas_limit_is_reentrant_and_safe_across_threads(package_threads_differ_from_blas):
     before, target = package_threads_differ_from_blas
     inside = []
-    with methods.blas_threads():
-        with methods.blas_threads():
+    with methods.blas_threads(1):
+        with methods.blas_threads(1):
             inside.append(blas_thread_counts())
         inside.append(blas_thread_counts())
     assert inside == [[target] * len(before)] * 2
