@@ -19,10 +19,9 @@ def is_2d_mask(mask: Any) -> TypeGuard[torch.Tensor]:
     return isinstance(mask, torch.Tensor) and mask.dim() == 2
 
 
-def placeholder_masks(spec, module, args, kwargs) -> Dict[str, torch.Tensor]:
+def placeholder_masks(spec, module, input_ids, kwargs) -> Dict[str, torch.Tensor]:
     """Per media the call carries, the (B, L) mask of its placeholder tokens in the inner
-    model's call: found in ``input_ids``, else (as the model itself does) by embedding."""
-    input_ids = kwargs.get("input_ids", args[0] if args else None)
+    model's call: found in its ``input_ids``, else (as the model itself does) by embedding."""
     embeds = kwargs.get("inputs_embeds")
     encoded = kwargs.get("mm_encoder_outputs") or {}
     masks = {}

@@ -230,7 +230,7 @@ class PruneHandle:
         if layer is not None and layer == getattr(module.config, "vision_feature_layer", layer):
             layer = None  # the configured layer, the one the [CLS] hook reads
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        masks = _calls.placeholder_masks(self._spec, module, args, kwargs)
+        masks = _calls.placeholder_masks(self._spec, module, input_ids, kwargs)
         has_media = any(bool(mask.any()) for mask in masks.values())
         self._thread.call = Call(
             inputs={name: kwargs.get(name)
