@@ -5,7 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SOURCES := $(wildcard csrc/*.c csrc/*.h greedyprune/*.c) setup.py pyproject.toml
 
-.PHONY: demo test ctest fuzz bench readme clean
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+
+.PHONY: demo test ctest test-vllm fuzz bench readme clean
 
 # The torchvision line removes a torchvision that cannot load next to this torch
 # (requirements-dev.txt says why).
@@ -28,6 +31,20 @@ test: $(VENV)/.built ctest
 ctest:
 	bash tests/c/run.sh
 
+# The vLLM plugin on a real engine (vLLM's CPU backend), in its own environment .venv-vllm
+# (requirements-vllm.txt; tests_vllm/setup.sh says what it mends). Comparisons with
+# greedyprune.hf run in .venv.
+$(VLLM_VENV)/.requirements: requirements-vllm.txt tests_vllm/setup.sh tests_vllm/torchvision_schemas.cpp
+	bash tests_vllm/setup.sh $(PYTHON) $(VLLM_VENV)
+	touch $@
+
+$(VLLM_VENV)/.built: $(VLLM_VENV)/.requirements $(SOURCES)
+	$(VLLM_PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+	touch $@
+
+test-vllm: $(VENV)/.built $(VLLM_VENV)/.built
+	GREEDYPRUNE_HF_PYTHON=$(PY) $(VLLM_PY) -m pytest -q tests_vllm
+
 # fuzz/run.sh: the C and Python APIs under fuzzing, about 2 minutes (FUZZ_SECONDS=3600 for an hour).
 fuzz: $(VENV)/.built
 	PYTHON=$(PY) bash fuzz/run.sh
@@ -41,4 +58,4 @@ bench: $(VENV)/.built
 	$(PY) benchmarks/update_readme.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info greedyprune/*.so tests/c/bin
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info greedyprune/*.so tests/c/bin

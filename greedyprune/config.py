@@ -12,6 +12,7 @@ say how it was produced. It validates on construction and round-trips through
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from typing import Any, Dict, Literal, Mapping, Optional, Tuple, Union, cast
 
@@ -71,6 +72,10 @@ class PruneConfig:
         """``"keep=64"`` or ``"keep_ratio=0.25"``."""
         return f"keep={self.keep}" if self.keep is not None else f"keep_ratio={self.keep_ratio}"
 
+    def kept(self, n: int) -> int:
+        """Tokens kept of an image's ``n`` (:func:`tokens_kept`)."""
+        return tokens_kept(n, self.keep, self.keep_ratio)
+
     def to_dict(self) -> Dict[str, Any]:
         """The fields as plain JSON-ready values."""
         return dataclasses.asdict(self)
@@ -91,6 +96,16 @@ class PruneConfig:
         if changes.get("keep_ratio") is not None:
             changes.setdefault("keep", None)
         return dataclasses.replace(self, **changes)
+
+
+def tokens_kept(n: int, keep: Optional[int], keep_ratio: Optional[float]) -> int:
+    """Tokens to keep out of an image's ``n``: ``min(keep, n)``, or ``ceil(keep_ratio · n)`` and
+    at least 1 (a budget beyond ``n`` keeps them all)."""
+    if keep is not None:
+        return min(keep, n)
+    # The small slack keeps e.g. 0.25 · 576 at 144 despite floating-point rounding upwards.
+    assert keep_ratio is not None, "one of keep and keep_ratio"
+    return max(1, min(n, math.ceil(keep_ratio * n - 1e-9)))
 
 
 def check_budget(keep, keep_ratio) -> Tuple[Optional[int], Optional[float]]:

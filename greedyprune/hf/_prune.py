@@ -22,7 +22,6 @@ One prefill, for a batch of B rows of L tokens whose placeholder runs were locat
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -30,6 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..config import tokens_kept
 from ._archs import UnitLayout
 from ._records import ImageRecord
 
@@ -37,15 +37,6 @@ from ._records import ImageRecord
 def cache_length(cache) -> int:
     """Tokens already in a transformers cache (0 for None)."""
     return 0 if cache is None else int(cache.get_seq_length())
-
-
-def budget(n: int, keep: Optional[int], keep_ratio: Optional[float]) -> int:
-    """Tokens to keep out of ``n`` candidates; ``keep`` beyond ``n`` keeps them all."""
-    if keep is not None:
-        return min(keep, n)
-    # The small slack keeps e.g. 0.25 · 576 at 144 despite floating-point rounding upwards.
-    assert keep_ratio is not None, "one of keep and keep_ratio"
-    return max(1, min(n, math.ceil(keep_ratio * n - 1e-9)))
 
 
 @dataclass
@@ -193,7 +184,7 @@ def budgets(units: Sequence[LocatedUnit], valid: torch.Tensor, keep: Optional[in
     """Each unit's candidates (:func:`candidates_of`) and how many of them it keeps."""
     valid_np = valid.cpu().numpy()
     candidates = [candidates_of(unit, valid_np) for unit in units]
-    return candidates, [budget(len(cand), keep, keep_ratio) if len(cand) else 0
+    return candidates, [tokens_kept(len(cand), keep, keep_ratio) if len(cand) else 0
                         for cand in candidates]
 
 
