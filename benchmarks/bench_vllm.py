@@ -4,6 +4,7 @@ one run; writes benchmarks/results/bench_vllm.{json,md}.
 Runs in the vLLM environment (``make test-vllm`` makes it)::
 
     .venv-vllm/bin/python benchmarks/bench_vllm.py [--requests N] [--rounds R]
+    python benchmarks/bench_vllm.py --from-json benchmarks/results/bench_vllm.json  # table only
 
 Two models: the built-in LLaVA (144 visual tokens per image) and a random-weight model with
 LLaVA-1.5's token geometry (CLIP at 336 px, patch 14: 576 tokens; the demo's widths). For each
@@ -20,6 +21,7 @@ eval`` in the main environment, ``--hf-python``), at each budget with the same s
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -206,7 +208,14 @@ def main(argv=None) -> None:
     parser.add_argument("--hf-python", default=str(harness.ROOT / ".venv" / "bin" / "python"),
                         help="the main environment's Python, for greedyprune.hf")
     parser.add_argument("--out", type=Path, default=harness.RESULTS_DIR)
+    parser.add_argument("--from-json", type=Path, metavar="FILE",
+                        help="rewrite the table of a saved run (no vLLM needed)")
     args = parser.parse_args(argv)
+    if args.from_json is not None:
+        document = json.loads(args.from_json.read_text())
+        (args.out / "bench_vllm.md").write_text(
+            markdown(document["rows"], document["environment"], document["positions"]))
+        return
     import vllm
 
     from greedyprune import builtin

@@ -151,6 +151,13 @@ def test_committed_bench_hf_table_is_what_its_json_regenerates(tmp_path):
     assert json.loads((tmp_path / "bench_hf.json").read_text()) == committed
 
 
+def test_committed_bench_vllm_table_is_what_its_json_regenerates(tmp_path):
+    committed = RESULTS / "bench_vllm.md"
+    run_script(BENCHMARKS / "bench_vllm.py", "--from-json", RESULTS / "bench_vllm.json",
+               "--out", tmp_path)
+    assert (tmp_path / "bench_vllm.md").read_text() == committed.read_text()
+
+
 # --- bench_select.py --------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@ does, and bit for bit as vLLM without the plugin."""
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import shutil
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def test_bit_identical_to_vllm_without_the_plugin(plain_answers, tmp_path):
     folder = tmp_path / "stock"
     shutil.copytree(builtin.path(), folder)
     weights = load_file(folder / "model.safetensors")
-    save_file({name.replace("model.vision_tower.", "model.vision_tower.vision_model.", 1): value
+    save_file({re.sub(r"^(model\.)?vision_tower\.", r"\1vision_tower.vision_model.", name): value
                for name, value in weights.items()}, folder / "model.safetensors")
     stock = run_python(_STOCK.format(folder=str(folder)),
                        env={"VLLM_PLUGINS": "none", "PYTHONPATH": str(HERE)})
