@@ -62,35 +62,37 @@ def images(case: str, count: int, round_: int):
             for _ in range(count)]
 
 
-def fixed_costs_in_worker(model, pixels, repeats=5):
-    """Seconds per image of the tower and projector, and of the selection, inside the worker."""
+def fixed_costs_in_worker(model, pixels, keeps, repeats=5):
+    """Seconds per image of the tower and projector, and of the selection at each budget."""
     import torch
     from vllm.model_executor.models.llava import LlavaForConditionalGeneration as Stock
 
+    from greedyprune import PruneConfig
     from greedyprune.vllm._llava import prune
 
-    tower, select = [], []
     with torch.no_grad():
+        tower = []
         for _ in range(repeats):
             start = time.perf_counter()
             features = Stock.embed_multimodal(model, pixel_values=pixels)
             tower.append(time.perf_counter() - start)
-            if model.greedyprune is not None:
+        select = {}
+        for keep in keeps:
+            config, times = PruneConfig(keep=keep, saliency="none"), []
+            for _ in range(repeats):
                 start = time.perf_counter()
-                prune(features, None, model.greedyprune.replace(saliency="none"))
-                select.append(time.perf_counter() - start)
-    per_image = len(pixels)
-    return (statistics.median(tower) / per_image,
-            statistics.median(select) / per_image if select else None)
+                prune(features, None, config)
+                times.append(time.perf_counter() - start)
+            select[keep] = statistics.median(times) / len(pixels)
+    return statistics.median(tower) / len(pixels), select
 
 
 def run_case(path: str, case: str, tokens: int, keep, requests: int, rounds: int):
-    from transformers import AutoProcessor
     from vllm import LLM, SamplingParams
 
     settings = {} if keep is None else {"hf_overrides": {"greedyprune": {"keep": keep}}}
     start = time.perf_counter()
-    llm = LLM(model=path, max_model_len=1024, enable_prefix_caching=False, seed=0, **settings)
+    llm = LLM(model=path, enable_prefix_caching=False, seed=0, **settings)
     started = time.perf_counter() - start
     params = SamplingParams(max_tokens=1, temperature=0.0)
     prompt = f"USER: <image>\n{QUESTION} ASSISTANT:"
@@ -107,16 +109,31 @@ def run_case(path: str, case: str, tokens: int, keep, requests: int, rounds: int
     start = time.perf_counter()
     llm.generate(["USER: hello ASSISTANT:"], params, use_tqdm=False)
     text_only = time.perf_counter() - start
-    pixels = AutoProcessor.from_pretrained(path).image_processor(
-        images(case, 8, 99), return_tensors="pt")["pixel_values"]
-    (tower, select), *_ = llm.apply_model(lambda model: fixed_costs_in_worker(model, pixels))
     llm.llm_engine.engine_core.shutdown()
     median = statistics.median(seconds)
     return {"model": case, "tokens_per_image": tokens, "keep": keep,
             "prompt_tokens_per_request": prompt_tokens / requests,
             "requests_per_s": requests / median, "prompt_tokens_per_s": prompt_tokens / median,
-            "round_seconds": seconds, "engine_start_s": started, "text_only_request_s": text_only,
-            "tower_s_per_image": tower, "selection_s_per_image": select}
+            "round_seconds": seconds, "engine_start_s": started, "text_only_request_s": text_only}
+
+
+def worker_costs(path: str, case: str, keeps):
+    """Seconds per image of the tower and projector, and of each budget's selection, measured
+    inside the model (an engine in this process: ``apply_model`` cannot send a function to
+    worker processes)."""
+    from transformers import AutoProcessor
+    from vllm import LLM
+
+    pixels = AutoProcessor.from_pretrained(path).image_processor(
+        images(case, 8, 99), return_tensors="pt")["pixel_values"]
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    try:
+        llm = LLM(model=path, seed=0)
+        (costs,) = llm.apply_model(lambda model: fixed_costs_in_worker(model, pixels, keeps))
+        llm.llm_engine.engine_core.shutdown()
+    finally:
+        del os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"]
+    return costs
 
 
 def positions(path: str, keeps, questions: int, seed: int, hf_python: str):
@@ -225,8 +242,10 @@ def main(argv=None) -> None:
         paths = {"built-in": str(builtin.path()),
                  "random LLaVA-1.5-sized": str(random_checkpoint(Path(scratch) / "random"))}
         for case, tokens, keeps in CASES:
+            tower, select = worker_costs(paths[case], case, [k for k in keeps if k is not None])
             for keep in keeps:
                 rows.append(run_case(paths[case], case, tokens, keep, args.requests, args.rounds))
+                rows[-1].update(tower_s_per_image=tower, selection_s_per_image=select.get(keep))
                 print(rows[-1], flush=True)
     position_rows = positions(str(builtin.path()), [48, 16], args.questions, 11, args.hf_python)
     env = harness.environment(vllm=vllm.__version__, requests=args.requests, rounds=args.rounds)

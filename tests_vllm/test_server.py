@@ -105,3 +105,21 @@ def test_a_bad_request_gets_an_error_and_the_server_serves_on(server):
     question = scenes.questions(10, 1)[0]
     status, reply = _chat(server, _data_url(scenes.image(question.scene)), question.question)
     assert status == 200 and reply["choices"][0]["message"]["content"].strip() == question.answer
+
+
+def test_the_readme_example_runs_as_written():
+    """The Python example of README.md's "Serve with vLLM", run as a user would run it."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Serve with vLLM"):]
+    code = section[section.index("```python\n") + 10:section.index("```\n", section.index("```python"))]
+    environment = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=environment, cwd=ROOT, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    (line,) = [line for line in result.stdout.splitlines() if line.endswith("prompt tokens")]
+    answer, count = line.split("|")
+    question = scenes.questions(0, 1)[0]
+    text_tokens = len(AutoTokenizer.from_pretrained(builtin.path())(
+        f"USER: <image>\n{question.question} ASSISTANT:").input_ids) - 1
+    assert answer.strip()
+    assert count.strip() == f"{text_tokens + 48} prompt tokens"
