@@ -3,15 +3,16 @@ one run; writes benchmarks/results/bench_vllm.{json,md}.
 
 Runs in the vLLM environment (``make test-vllm`` makes it)::
 
-    .venv-vllm/bin/python benchmarks/bench_vllm.py [--requests N] [--rounds R]
+    .venv-vllm/bin/python benchmarks/bench_vllm.py [--rounds R]
     python benchmarks/bench_vllm.py --from-json benchmarks/results/bench_vllm.json  # table only
 
 Two models: the built-in LLaVA (144 visual tokens per image) and a random-weight model with
 LLaVA-1.5's token geometry (CLIP at 336 px, patch 14: 576 tokens; the demo's widths). For each
-budget an engine starts (vLLM's defaults for the CPU: bfloat16, its compiled graphs) with
-prefix caching off, then answers ``N`` requests of one image and one question with one generated
-token (the prefill, which pruning shortens), each round on new images; the table gives the
-median round. Fixed costs are measured beside them: engine start, the vision tower and projector
+budget an engine starts (vLLM's defaults for the CPU, bfloat16, but in eager mode: compiling
+takes minutes per engine on a small machine) with prefix caching off, then answers rounds of
+requests (48, or 16 for the larger model) of one image and one question with one generated token
+(the prefill, which pruning shortens), each round on new images; the table gives the median
+round. Fixed costs are measured beside them: engine start, the vision tower and projector
 per image, a text-only request, and the selection itself per image (inside the worker).
 
 Positions: on the built-in model in float32, the same questions are answered by vLLM (kept
@@ -35,8 +36,8 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # apply_model's timing closure
 
-#: (model, its tokens per image, budgets), the unpruned run first.
-CASES = [("built-in", 144, [None, 48, 16]), ("random LLaVA-1.5-sized", 576, [None, 192, 64])]
+#: (model, its tokens per image, budgets with the unpruned run first, requests per round).
+CASES = [("built-in", 144, [None, 48, 16], 48), ("random LLaVA-1.5-sized", 576, [None, 192, 64], 16)]
 QUESTION = "What is in the image?\nAnswer the question using a single word or phrase."
 
 
@@ -92,7 +93,7 @@ def run_case(path: str, case: str, tokens: int, keep, requests: int, rounds: int
 
     settings = {} if keep is None else {"hf_overrides": {"greedyprune": {"keep": keep}}}
     start = time.perf_counter()
-    llm = LLM(model=path, enable_prefix_caching=False, seed=0, **settings)
+    llm = LLM(model=path, enable_prefix_caching=False, enforce_eager=True, seed=0, **settings)
     started = time.perf_counter() - start
     params = SamplingParams(max_tokens=1, temperature=0.0)
     prompt = f"USER: <image>\n{QUESTION} ASSISTANT:"
@@ -128,7 +129,7 @@ def worker_costs(path: str, case: str, keeps):
         images(case, 8, 99), return_tensors="pt")["pixel_values"]
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     try:
-        llm = LLM(model=path, seed=0)
+        llm = LLM(model=path, enforce_eager=True, seed=0)
         (costs,) = llm.apply_model(lambda model: fixed_costs_in_worker(model, pixels, keeps))
         llm.llm_engine.engine_core.shutdown()
     finally:
@@ -160,7 +161,8 @@ def positions(path: str, keeps, questions: int, seed: int, hf_python: str):
     for keep in [None, *keeps]:
         settings = {} if keep is None else {
             "hf_overrides": {"greedyprune": {"keep": keep, "saliency": "none"}}}
-        llm = LLM(model=path, dtype="float32", max_model_len=256, seed=0, **settings)
+        llm = LLM(model=path, dtype="float32", max_model_len=256, enforce_eager=True, seed=0,
+                  **settings)
         outputs = llm.generate(
             [{"prompt": f"USER: <image>\n{SHORT_ANSWER_PROMPT.format(question=q.question)} "
                         "ASSISTANT:", "multi_modal_data": {"image": scenes.image(q.scene)}}
@@ -179,8 +181,9 @@ def positions(path: str, keeps, questions: int, seed: int, hf_python: str):
 
 
 def markdown(rows, env, position_rows) -> str:
-    lines = [f"vLLM {env['vllm']} (CPU backend), {env['cpu']}, {env['logical_cpus']} logical CPUs; "
-             f"{env['requests']} requests of one image per round, one generated token, median of "
+    lines = [f"vLLM {env['vllm']} (CPU backend, bfloat16, eager mode), {env['cpu']}, "
+             f"{env['logical_cpus']} logical CPUs; rounds of 48 requests (built-in model) or 16 "
+             f"(576-token model) of one image each, one generated token, median of "
              f"{env['rounds']} rounds; load average at start {env['load_average_at_start'][0]:.1f}.",
              ""]
     lines += harness.table_head(
@@ -218,7 +221,6 @@ def markdown(rows, env, position_rows) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=64, help="requests per round (64)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per budget (3)")
     parser.add_argument("--questions", type=int, default=400,
                         help="questions of the positions comparison (400)")
@@ -241,14 +243,14 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         paths = {"built-in": str(builtin.path()),
                  "random LLaVA-1.5-sized": str(random_checkpoint(Path(scratch) / "random"))}
-        for case, tokens, keeps in CASES:
+        for case, tokens, keeps, requests in CASES:
             tower, select = worker_costs(paths[case], case, [k for k in keeps if k is not None])
             for keep in keeps:
-                rows.append(run_case(paths[case], case, tokens, keep, args.requests, args.rounds))
+                rows.append(run_case(paths[case], case, tokens, keep, requests, args.rounds))
                 rows[-1].update(tower_s_per_image=tower, selection_s_per_image=select.get(keep))
                 print(rows[-1], flush=True)
     position_rows = positions(str(builtin.path()), [48, 16], args.questions, 11, args.hf_python)
-    env = harness.environment(vllm=vllm.__version__, requests=args.requests, rounds=args.rounds)
+    env = harness.environment(vllm=vllm.__version__, rounds=args.rounds)
     harness.write_report(args.out, "bench_vllm",
                          {"environment": env, "rows": rows, "positions": position_rows},
                          markdown(rows, env, position_rows))
