@@ -20,6 +20,10 @@ Compared, in one run, for every shape (N tokens, D features, keep K), float32, l
   it: normalize, build the full N x N similarity matrix, then take rows of it (see
   :func:`torch_nxn_greedy`).
 
+Also counted, not timed: the top-level ATen operations the PyTorch port (what
+``select(..., backend="torch")`` runs, and tensors on a GPU by default) calls per pick, with
+torch.profiler on CPU tensors; on a GPU each is a kernel launch or more.
+
 Two kinds of features, reported separately: ``gaussian`` (i.i.d. normal rows: every pair is
 nearly equidistant, the case meant to be hardest for the lazy evaluation of the C core) and
 ``clustered`` (image-like tokens on a sqrt(N) x sqrt(N) grid: a smooth low-rank spatial field, a
@@ -61,7 +65,7 @@ from harness import fmt_bytes, greedyprune
 from select_cases import (FEATURE_KINDS, LAM, METHOD_LABELS, METHODS, QUICK_SHAPES,
                           REFERENCE_MEMORY_K, SEED, SHAPES, c_core, expected_memory, make_inputs,
                           one_thread, stream_backend, stream_description, stream_fn,
-                          torch_nxn_greedy)
+                          torch_nxn_greedy, torch_port_ops)
 from select_checks import compare_picks, lazy_distance_evaluations
 from select_report import fmt_agreement, fmt_method_time, header_lines, markdown, targets
 
@@ -305,7 +309,15 @@ def main(argv=None):
                     f"{name} {fmt_bytes(m.get('extra_bytes'))}"
                     for name, m in row["methods"].items()), flush=True)
 
-    target_list = targets(results, memory)
+    port_ops = []
+    if harness.optional_torch() is not None:
+        for n, d, k in shapes:  # a count, the same for any values: gaussian features only
+            x, s = make_inputs("gaussian", n, d, k, opts.saliency)
+            ops = torch_port_ops(x, k, s)
+            port_ops.append({"n": n, "d": d, "k": k, "ops": ops, "ops_per_pick": ops / k})
+            print(f"torch port {(n, d, k)}: {ops} operations, {ops / k:.1f} per pick", flush=True)
+
+    target_list = targets(results, memory, port_ops)
     for t in target_list:
         print(f"{t['verdict']}: {t['line']}")
 
@@ -321,6 +333,7 @@ def main(argv=None):
         "methods": METHOD_LABELS,
         "results": results,
         "memory": memory,
+        "torch_port_ops": port_ops,
         "targets": target_list,
         "load_average_at_end": list(os.getloadavg()),
         "total_seconds": time.perf_counter() - started,

@@ -122,6 +122,31 @@ def torch_threads(threads):
         torch.set_num_threads(previous)
 
 
+# --------------------------------------------------------------------------- operation counts
+
+
+def top_level_aten_ops(fn):
+    """How many ATen operators ``fn()`` calls itself, not counting those they call in turn,
+    recorded by torch.profiler on the CPU. A count, not a timing: the same for the same code and
+    shapes. On an accelerator each such operator is a kernel launch or more (view operators
+    such as ``slice`` launch none)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for event in prof.events()
+               if event.name.startswith("aten::") and not _inside_aten(event))
+
+
+def _inside_aten(event):
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("aten::"):
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
 # --------------------------------------------------------------------------- environment
 
 

@@ -152,6 +152,17 @@ def stream_fn(x, backend):
     return lambda: x @ v
 
 
+def torch_port_ops(x, k, s):
+    """Top-level ATen operations of one run of the PyTorch port (``greedyprune._torch.greedy``,
+    what ``select(..., backend="torch")`` runs) on these inputs as float32 CPU tensors (see
+    :func:`harness.top_level_aten_ops`)."""
+    torch = harness.optional_torch()
+    from greedyprune import _torch
+
+    xt, st = torch.from_numpy(x), None if s is None else torch.from_numpy(s)
+    return harness.top_level_aten_ops(lambda: _torch.greedy(xt, k, st, LAM))
+
+
 # --------------------------------------------------------------------------- expected memory
 
 #: Bytes the C core allocates per token: shat, m, gain, inv_norm, scale (double), seen, heap

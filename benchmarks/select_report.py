@@ -6,12 +6,15 @@ import math
 
 from harness import THREAD_VARIABLES, fmt_bytes, fmt_ratio, fmt_time, table_head, table_row
 from select_cases import (C_BYTES_PER_TOKEN, FEATURE_KINDS, GAIN_TOLERANCE, LAM, METHOD_LABELS,
-                          METHODS, REFERENCE_MEMORY_K, stream_description)
+                          METHODS, REFERENCE_MEMORY_K, SHAPES, stream_description)
 
 #: The shape and limits of the performance targets (the JSON records a verdict for each).
 TARGET_SHAPE = (576, 4096, 64)
 TARGET_MAX_STREAM_RATIO = 4.0
 TARGET_MIN_REFERENCE_SPEEDUP = 10.0
+#: Top-level ATen operations per pick of the PyTorch port at the benchmark's shapes: half the
+#: 35 to 50 it took before its loop was merged into in-place updates.
+TARGET_MAX_PORT_OPS_PER_PICK = 17.5
 #: Allowance over the C core's documented allocation before the memory target is missed:
 #: page rounding, OpenMP thread start-up and the output array.
 C_MEMORY_SLACK_BYTES = 4 << 20
@@ -78,7 +81,7 @@ def fmt_agreement(agreement):
     return f"yes (tokens differing: {listed}; gains within {worst:.1g})"
 
 
-def targets(results, memory):
+def targets(results, memory, port_ops=()):
     """The performance targets, each with a verdict (kept in the JSON) and a sentence that gives
     the measured numbers (shown in the Markdown, which states no verdicts)."""
     out = []
@@ -145,6 +148,17 @@ def targets(results, memory):
                 f"float32 matrix alone is {fmt_bytes(nxn)}")
         out.append({"target": "memory_not_quadratic", "verdict": "PASS" if ok else "MISS",
                     "value": worst[0], "limit": 1.0, "line": text})
+
+    counted = [row for row in port_ops if [row["n"], row["d"], row["k"]] in map(list, SHAPES)]
+    if counted:
+        most = max(counted, key=lambda row: row["ops_per_pick"])
+        text = (f"the PyTorch port calls at most {most['ops_per_pick']:.1f} top-level operations "
+                f"per pick at these shapes ({fmt_shape(most)}), each a kernel launch or more on "
+                "a GPU")
+        out.append({"target": "torch_port_ops_per_pick", "value": most["ops_per_pick"],
+                    "limit": TARGET_MAX_PORT_OPS_PER_PICK, "line": text,
+                    "verdict": "PASS" if most["ops_per_pick"] <= TARGET_MAX_PORT_OPS_PER_PICK
+                    else "MISS"})
     return out
 
 
@@ -189,6 +203,9 @@ def markdown(document):
     ]
     if memory:
         lines += _memory_section(memory)
+    port_ops = document.get("torch_port_ops", [])
+    if port_ops:
+        lines += _port_ops_section(port_ops)
     load_start, load_end = env["load_average_at_start"][0], document["load_average_at_end"][0]
     lines += [
         "",
@@ -199,7 +216,7 @@ def markdown(document):
         "",
         "**Key figures**",
         "",
-        *[f"- {t['line']}" for t in targets(results, memory)],
+        *[f"- {t['line']}" for t in targets(results, memory, port_ops)],
         "",
         "Picks: every method's greedy order is replayed in float64; a pick passes when its gain "
         f"is within {GAIN_TOLERANCE:g} of the best candidate's at that step (docs/spec.md §2). "
@@ -271,4 +288,18 @@ def _memory_section(memory):
         "as csrc/greedyprune.c computes it (+ the int64 output); torch N×N, 4·N² + 4·N·D; "
         f"reference, 3·8·N·D (measured at K ≤ {REFERENCE_MEMORY_K}: its peak does not depend "
         "on K); streaming pass, its 4·N-byte output." + _tracemalloc_note(memory),
+    ]
+
+
+def _port_ops_section(port_ops):
+    return [
+        "",
+        "**PyTorch port: operations per pick** (`select(..., backend=\"torch\")`, which tensors "
+        "on a GPU run by default: the top-level ATen operations of one run on float32 CPU "
+        "tensors, counted by torch.profiler; on a GPU each is a kernel launch or more, view "
+        "operations none)",
+        "",
+        *table_head(["N × D, K", "operations", "per pick"], "lrr"),
+        *[table_row([fmt_shape(row), row["ops"], f"{row['ops_per_pick']:.1f}"])
+          for row in port_ops],
     ]

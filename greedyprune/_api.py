@@ -1,9 +1,8 @@
 """The public selection functions: validate once, then hand the data to the right implementation.
 
-NumPy arrays and array-likes, and PyTorch tensors on the CPU, go to the C core (tensors without a
-copy: the C core reads their memory through their strides, bfloat16 included). Tensors on an
-accelerator run :mod:`greedyprune._torch` on their own device. torch is never imported here: a
-tensor can only reach us if the caller already imported it.
+NumPy arrays and array-likes go to the C core; tensors go to :mod:`greedyprune._tensors`, which
+runs the C core or the PyTorch port as ``backend`` says. torch is never imported here: a tensor
+can only reach us if the caller already imported it.
 """
 from __future__ import annotations
 
@@ -21,6 +20,8 @@ from . import NUM_THREADS_ENV, _core, _validate
 
 if TYPE_CHECKING:
     from torch import Tensor
+
+    from .config import Backend
 
     Saliency = Union["Tensor", npt.ArrayLike, None]
 
@@ -113,12 +114,13 @@ def _warn_if_serial(num_threads) -> None:
 
 @overload
 def select(features: "Tensor", k: int, saliency: "Saliency" = None, lam: float = 0.5, *,
-           num_threads: Optional[int] = None) -> "Tensor": ...
+           num_threads: Optional[int] = None, backend: "Backend" = "auto") -> "Tensor": ...
 @overload
 def select(features: npt.ArrayLike, k: int, saliency: "Saliency" = None, lam: float = 0.5, *,
-           num_threads: Optional[int] = None) -> npt.NDArray[np.int64]: ...
+           num_threads: Optional[int] = None,
+           backend: "Backend" = "auto") -> npt.NDArray[np.int64]: ...
 def select(features: Any, k: int, saliency: Any = None, lam: float = 0.5, *,
-           num_threads: Optional[int] = None) -> Any:
+           num_threads: Optional[int] = None, backend: "Backend" = "auto") -> Any:
     """Keep ``k`` tokens that are salient and diverse (the rule of docs/spec.md §1).
 
     Parameters
@@ -137,27 +139,35 @@ def select(features: Any, k: int, saliency: Any = None, lam: float = 0.5, *,
         Threads for the C core, at least 1 (at most the CPUs available to the process are used,
         whatever the value); defaults to :func:`get_num_threads`. The answer never depends on
         it.
+    backend : {"auto", "c", "torch"}
+        Where a tensor's selection runs. ``"c"``: the C core, on the CPU; a tensor on an
+        accelerator is copied to host memory first and the indices go back to its device.
+        ``"torch"``: the PyTorch port of the same rule, on the tensor's own device (CPU
+        included); NumPy input is refused. ``"auto"`` (the default): the C core for arrays and
+        CPU tensors, the PyTorch port for tensors on an accelerator, until a measurement on a
+        GPU says which is faster there. Both follow docs/spec.md, §2 for the precision.
 
     Returns
     -------
     Kept indices, sorted ascending, int64, shape (k,) or (B, k): a NumPy array, or a tensor on
     the input's device when ``features`` is a tensor.
     """
-    return _run(features, k, saliency, lam, num_threads, sort=True)[0]
+    return _run(features, k, saliency, lam, num_threads, backend, sort=True)[0]
 
 
 @overload
 def greedy(features: "Tensor", k: int, saliency: "Saliency" = None, lam: float = 0.5, *,
-           num_threads: Optional[int] = None) -> Tuple["Tensor", "Tensor"]: ...
+           num_threads: Optional[int] = None,
+           backend: "Backend" = "auto") -> Tuple["Tensor", "Tensor"]: ...
 @overload
 def greedy(features: npt.ArrayLike, k: int, saliency: "Saliency" = None, lam: float = 0.5, *,
-           num_threads: Optional[int] = None
+           num_threads: Optional[int] = None, backend: "Backend" = "auto"
            ) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]: ...
 def greedy(features: Any, k: int, saliency: Any = None, lam: float = 0.5, *,
-           num_threads: Optional[int] = None) -> Any:
+           num_threads: Optional[int] = None, backend: "Backend" = "auto") -> Any:
     """Like :func:`select`, but return ``(order, gains)``: the picks in the order they were made
     and the value each added (their sum is the objective value of the selection)."""
-    return _run(features, k, saliency, lam, num_threads, sort=False)
+    return _run(features, k, saliency, lam, num_threads, backend, sort=False)
 
 
 def _threads_for_call(num_threads) -> int:
@@ -175,20 +185,20 @@ def _is_tensor(obj) -> bool:
 
 def _as_array(obj, argument) -> np.ndarray:
     array = _validate.as_array(obj, argument)
-    return _aligned(array) if array.dtype.kind == "f" else array
+    return _validate.aligned(array) if array.dtype.kind == "f" else array
 
 
-def _aligned(array: np.ndarray) -> np.ndarray:
-    """``array``, or an aligned, native-order copy where the C core could not read it as it is
-    (unaligned memory, such as a buffer read at an odd offset; the other byte order)."""
-    if array.flags.aligned and array.dtype.isnative:
-        return array
-    return array.astype(array.dtype.newbyteorder("="))
-
-
-def _run(features, k, saliency, lam, num_threads, sort):
+def _run(features, k, saliency, lam, num_threads, backend, sort):
+    backend = _validate.check_backend(backend)
     if _is_tensor(features):
-        return _run_tensor(features, k, saliency, lam, num_threads, sort)
+        from . import _tensors
+
+        return _tensors.run(features, k, saliency, lam, num_threads, backend, sort,
+                            _threads_for_call)
+    if backend == "torch":
+        raise ValueError("backend='torch' runs the PyTorch port on a tensor's device, but "
+                         "features is not a tensor: pass torch.from_numpy(features), or use "
+                         "backend='auto' or 'c'")
     x = _as_array(features, "features")
     s = None
     if saliency is not None:
@@ -202,44 +212,3 @@ def _run(features, k, saliency, lam, num_threads, sort):
     if s is not None and not np.isfinite(_validate.stored(s)).all():
         raise _validate.nonfinite_error("saliency")
     return _core.greedy(x, s, k, lam, _threads_for_call(num_threads), sort)
-
-
-def _tensor_as_array(tensor) -> np.ndarray:
-    """A NumPy view of a CPU tensor's memory (bfloat16 viewed as its uint16 bit patterns), or an
-    aligned copy of it."""
-    import torch
-
-    if tensor.dtype == torch.bfloat16:
-        return _aligned(tensor.view(torch.int16).numpy().view(np.uint16))
-    return _aligned(tensor.numpy())
-
-
-def _run_tensor(features, k, saliency, lam, num_threads, sort):
-    import torch
-
-    x = _validate.readable_tensor(features, "features")
-    s = None
-    if saliency is not None:
-        if _is_tensor(saliency):
-            s = _validate.readable_tensor(saliency, "saliency")
-        else:
-            with warnings.catch_warnings():  # a read-only array (a broadcast view): only read
-                warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-                s = torch.as_tensor(_validate.as_array(saliency, "saliency"))
-        s = s.to(x.device)
-    k, lam, num_threads = _validate.check_call(
-        x.shape, x.dtype, k, lam, num_threads,
-        None if s is None else s.shape, None if s is None else s.dtype,
-    )
-    if s is not None and not bool(torch.isfinite(_validate.stored(s)).all()):
-        raise _validate.nonfinite_error("saliency")
-    if x.device.type != "cpu":
-        from . import _torch
-
-        order, gains = _torch.greedy(x, k, s, lam)
-        return (order.sort(dim=-1).values, None) if sort else (order, gains)
-    order, gains = _core.greedy(
-        _tensor_as_array(x), None if s is None else _tensor_as_array(s), k, lam,
-        _threads_for_call(num_threads), sort,
-    )
-    return torch.from_numpy(order), None if gains is None else torch.from_numpy(gains)

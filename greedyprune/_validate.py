@@ -15,6 +15,8 @@ import numpy as np
 
 #: Floating dtypes the rule accepts, by name (NumPy's names; ``bfloat16`` comes from PyTorch).
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+#: Where a selection may run (see :func:`greedyprune.select`).
+BACKENDS = ("auto", "c", "torch")
 
 
 def as_array(obj, argument: str) -> np.ndarray:
@@ -23,6 +25,14 @@ def as_array(obj, argument: str) -> np.ndarray:
         return np.asarray(obj)
     except (ValueError, TypeError) as error:
         raise TypeError(f"{argument} must be an array-like of real numbers ({error})") from None
+
+
+def aligned(array: np.ndarray) -> np.ndarray:
+    """``array``, or an aligned, native-order copy where the C core could not read it as it is
+    (unaligned memory, such as a buffer read at an odd offset; the other byte order)."""
+    if array.flags.aligned and array.dtype.isnative:
+        return array
+    return array.astype(array.dtype.newbyteorder("="))
 
 
 def readable_tensor(tensor, argument: str):
@@ -153,6 +163,14 @@ def check_num_threads(num_threads, *, allow_none: bool = True):
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
     return int(num_threads)
+
+
+def check_backend(backend) -> str:
+    """One of :data:`BACKENDS`."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, "
+                         f"got {backend!r}")
+    return backend
 
 
 def nonfinite_error(argument: str) -> ValueError:

@@ -22,6 +22,11 @@ from . import _validate
 Saliency = Literal["text", "cls", "query", "none"]
 SALIENCY: Tuple[str, ...] = ("text", "cls", "query", "none")
 
+#: Where the selection runs (see :func:`greedyprune.select`): ``"c"``, the C core on the CPU
+#: (tensors on an accelerator are copied to host memory and back); ``"torch"``, the PyTorch port
+#: on the tensor's device; ``"auto"``, the C core for CPU tensors, the port on accelerators.
+Backend = Literal["auto", "c", "torch"]
+
 #: The selector names shipped with the package (:func:`greedyprune.methods.names` lists these
 #: and any registered later).
 Method = Literal["greedyprune", "topk", "divprune", "cdpruner", "random", "uniform"]
@@ -38,7 +43,9 @@ class PruneConfig:
     (fraction per image, in (0, 1], rounded up); ``method`` (a name from
     :func:`greedyprune.methods.names`); ``lam`` in [0, 1] (weight of saliency against
     diversity); ``saliency`` ("text", "cls", "query" or "none"); ``seed`` (for selectors that
-    draw at random). Invalid values raise ``TypeError``/``ValueError`` naming the field."""
+    draw at random); ``backend`` (where method "greedyprune" runs: "auto", "c" or "torch",
+    see :func:`greedyprune.select`). Invalid values raise ``TypeError``/``ValueError`` naming
+    the field."""
 
     keep: Optional[int] = None
     keep_ratio: Optional[float] = None
@@ -46,6 +53,7 @@ class PruneConfig:
     lam: float = DEFAULT_LAM
     saliency: Saliency = "text"
     seed: int = 0
+    backend: Backend = "auto"
 
     def __post_init__(self) -> None:
         keep, keep_ratio = check_budget(self.keep, self.keep_ratio)
@@ -62,6 +70,10 @@ class PruneConfig:
             raise ValueError(f"method {self.method!r} needs saliency: use saliency='text', 'cls' "
                              f"or 'query' with it, or a method that works without (e.g. "
                              f"'greedyprune')")
+        if _validate.check_backend(self.backend) != "auto" and methods.ordered(self.method) is None:
+            raise ValueError(f"backend={self.backend!r} applies to method 'greedyprune' only (the "
+                             f"other selectors run on the CPU whatever the backend); leave "
+                             f"backend='auto' with method {self.method!r}")
         seed = self.seed
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")

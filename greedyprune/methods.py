@@ -14,7 +14,8 @@ method=...)``, the evaluation harness and the CLI can swap them by name::
 
 Registered selectors:
 
-``greedyprune``  docs/spec.md §1: greedy on ``λ·ŝ + (1 − λ)·m`` (the C core, :func:`greedyprune.select`).
+``greedyprune``  docs/spec.md §1: greedy on ``λ·ŝ + (1 − λ)·m`` (the C core, :func:`greedyprune.select`;
+                 its keyword ``backend`` chooses between the C core and the PyTorch port).
 ``topk``         saliency only (the rule at λ = 1): the k most salient tokens, lowest index first
                  among ties. Needs saliency.
 ``divprune``     max-min diversity (DivPrune, Alvar et al., CVPR 2025): first the token farthest
@@ -43,11 +44,15 @@ import contextlib
 import os
 import sys
 import threading
-from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple, cast
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple,
+                    cast)
 
 import numpy as np
 
 from . import _validate
+
+if TYPE_CHECKING:
+    from .config import Backend
 
 class Selector(Protocol):
     """What :func:`get` returns: ``selector(features, k, saliency=None, *, lam=0.5, seed=0)``
@@ -156,10 +161,12 @@ def registered(name: str, selector: Selector, *, needs_saliency: bool = False) -
             _REGISTRY[name], _NEEDS_SALIENCY[name] = previous, previous_needs
 
 
-def ordered(name: str) -> Optional[Selector]:
+def ordered(name: str, *, backend: Backend = "auto") -> Optional[Selector]:
     """A selector that picks what ``get(name)`` picks but returns the picks in the order it made
     them (not sorted), where the method has one: the built-in greedy rule ("greedyprune",
-    whose order the C core returns at no extra cost). None for every other method."""
+    whose order the C core returns at no extra cost), run where ``backend`` says (see
+    :func:`greedyprune.select`). None for every other method."""
+    _validate.check_backend(backend)
     if get(name) is not greedyprune:
         return None
 
@@ -167,7 +174,7 @@ def ordered(name: str) -> Optional[Selector]:
         import greedyprune as _gp
 
         _check_seed(seed)
-        return _gp.greedy(features, k, saliency, lam)[0]
+        return _gp.greedy(features, k, saliency, lam, backend=backend)[0]
 
     return in_pick_order
 
@@ -188,14 +195,16 @@ def names() -> List[str]:
 
 
 @register("greedyprune", wrap=False)
-def greedyprune(features, k, saliency=None, *, lam: float = 0.5, seed: int = 0):
-    """GreedyPrune (docs/spec.md §1): joint saliency and diversity, solved greedily by the C core."""
+def greedyprune(features, k, saliency=None, *, lam: float = 0.5, seed: int = 0,
+                backend: Backend = "auto"):
+    """GreedyPrune (docs/spec.md §1): joint saliency and diversity, solved greedily by the C core
+    (or, as ``backend`` says, its PyTorch port: see :func:`greedyprune.select`)."""
     # Straight to the core, which validates, reads tensors without a copy and runs tensors on an
     # accelerator on their own device. The rule is deterministic: the seed is checked, unused.
     import greedyprune as _gp  # imported here: the package must import without this module
 
     _check_seed(seed)
-    return _gp.select(features, k, saliency, lam)
+    return _gp.select(features, k, saliency, lam, backend=backend)
 
 
 @register("topk", needs_saliency=True)

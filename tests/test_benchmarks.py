@@ -3,6 +3,7 @@ write what the README tables need, the committed tables are what their JSON rege
 update_readme.py pastes tables between their markers without touching anything else."""
 import importlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -28,8 +29,10 @@ def load_script(name):
 
 
 def run_script(*args, timeout=120, statuses=(0,)):
+    # This checkout's package first, not another one installed in editable mode.
+    path = os.pathsep.join(filter(None, [str(BENCHMARKS.parent), os.environ.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": path})
     assert done.returncode in statuses, done.stderr
     return done
 
@@ -232,6 +235,40 @@ def test_from_json_rewrites_the_markdown_the_run_wrote(quick_run, tmp_path):
     assert (tmp_path / "bench_select.md").read_text() == (out / "bench_select.md").read_text()
 
 
+def test_quick_run_counts_the_torch_ports_operations(quick_run):
+    pytest.importorskip("torch")
+    out, document, _ = quick_run
+    rows = document["torch_port_ops"]
+    assert [[row["n"], row["d"], row["k"]] for row in rows] == document["config"]["shapes"]
+    for row in rows:
+        assert row["ops"] > row["k"] and row["ops_per_pick"] == row["ops"] / row["k"]
+    text = (out / "bench_select.md").read_text()
+    assert "**PyTorch port: operations per pick**" in text
+    assert f"| {rows[0]['ops']} | {rows[0]['ops_per_pick']:.1f} |" in text
+
+
+def test_top_level_aten_ops_counts_calls_not_what_they_call():
+    torch = pytest.importorskip("torch")
+    x = torch.ones(4, 3)
+    assert harness.top_level_aten_ops(lambda: (x + 1).sum()) == 2
+    assert harness.top_level_aten_ops(lambda: torch.nn.functional.normalize(x)) >= 1
+    assert harness.top_level_aten_ops(lambda: None) == 0
+
+
+def test_the_torch_port_takes_at_most_half_its_former_operations_per_pick():
+    """Each operation is a kernel launch or more on a GPU; the port's loop once took 35 per
+    pick. A count, not a timing: the same at every run."""
+    torch = pytest.importorskip("torch")
+    from greedyprune import _torch
+
+    report = load_script("select_report")
+    g = torch.Generator().manual_seed(0)
+    for x, s, k in [(torch.randn(200, 16, generator=g), torch.rand(200, generator=g), 50),
+                    (torch.randn(2, 150, 8, generator=g).bfloat16(), None, 40)]:
+        ops = harness.top_level_aten_ops(lambda: _torch.greedy(x, k, s, 0.5))
+        assert ops / k <= report.TARGET_MAX_PORT_OPS_PER_PICK, (x.shape, ops / k)
+
+
 def test_pick_shortfall_flags_a_wrong_pick():
     import numpy as np
 
@@ -266,6 +303,49 @@ def test_bench_hf_quick_run_times_every_budget_and_its_json_regenerates_the_tabl
     (tmp_path / "bench_hf.md").unlink()
     run_script(BENCHMARKS / "bench_hf.py", "--from-json", tmp_path / "bench_hf.json")
     assert (tmp_path / "bench_hf.md").read_text() == text
+
+
+# --- bench_gpu.py -----------------------------------------------------------------------------
+
+
+def test_bench_gpu_cases_cover_every_shape_in_both_half_precisions():
+    bench_gpu = load_script("bench_gpu")
+    assert bench_gpu.cases() == [(1, 576, 4096, 64, "float16"), (1, 576, 4096, 64, "bfloat16"),
+                                 (1, 2880, 4096, 320, "float16"), (1, 2880, 4096, 320, "bfloat16"),
+                                 (8, 576, 4096, 64, "float16"), (8, 576, 4096, 64, "bfloat16")]
+
+
+def test_bench_gpu_times_medians_between_synchronizations():
+    bench_gpu = load_script("bench_gpu")
+    events = []
+    median = bench_gpu.median_seconds(lambda: events.append("call"), 3,
+                                      lambda: events.append("sync"))
+    assert events == ["call"] + ["sync", "call", "sync"] * 3 and median >= 0
+
+
+def test_bench_gpu_table_shows_times_failures_and_the_ratio():
+    bench_gpu = load_script("bench_gpu")
+    env = harness.environment(gpu="Some GPU", cuda="12.8")
+    rows = [{"b": 1, "n": 576, "d": 4096, "k": 64, "dtype": "float16", "port": 0.004,
+             "graph": 0.001, "host": 0.002},
+            {"b": 8, "n": 576, "d": 4096, "k": 64, "dtype": "bfloat16", "port": 0.03,
+             "graph": {"error": "RuntimeError: operation not permitted when stream is capturing"},
+             "host": 0.01}]
+    text = bench_gpu.markdown({"environment": env, "repeats": 20, "rows": rows})
+    assert "Some GPU" in text and "CUDA 12.8" in text and "Median of 20 calls" in text
+    assert "| 1 × 576 × 4096, K = 64 | float16 | 4 ms | 1 ms | 2 ms | 2× |" in text
+    failed = "failed: RuntimeError: operation not permitted when stream is capturi"
+    assert f"| 30 ms | {failed} | 10 ms | 3× |" in text
+    for word in VERDICT_WORDS:
+        assert word not in text
+
+
+def test_bench_gpu_without_a_cuda_device_says_so_and_measures_nothing(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    done = run_script(BENCHMARKS / "bench_gpu.py", "--out", tmp_path, statuses=(2,))
+    assert "needs a CUDA device" in done.stderr and not list(tmp_path.iterdir())
 
 
 # --- update_readme.py -------------------------------------------------------------------------

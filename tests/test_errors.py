@@ -68,6 +68,19 @@ def test_bad_input_raises_naming_the_argument(fn, description, args, kwargs, exc
     assert words in str(info.value)
 
 
+@pytest.mark.parametrize("fn", [greedyprune.select, greedyprune.greedy])
+def test_backend_is_checked_first_and_named(fn):
+    for backend in ("cuda", "C", None, 1):
+        with pytest.raises(ValueError, match="backend must be one of 'auto', 'c', 'torch', got"):
+            fn(np.zeros((0, 4)), 0, backend=backend)  # features and k are bad too
+    with pytest.raises(ValueError, match="backend='torch' runs the PyTorch port on a tensor's "
+                                         "device, but features is not a tensor: pass "
+                                         r"torch.from_numpy\(features\)"):
+        fn(X, 2, backend="torch")
+    picked = fn(X, 2, backend="c")
+    assert (picked if fn is greedyprune.select else picked[0]).shape == (2,)
+
+
 def test_reference_and_core_raise_identical_messages():
     for description, args, kwargs, exc, _ in BAD_CALLS:
         messages = []

@@ -114,6 +114,24 @@ def test_prune_config_is_accepted_validated_and_round_trips():
     assert greedyprune.PruneConfig is PruneConfig
 
 
+def test_backend_reaches_the_selector(monkeypatch):
+    from greedyprune import _torch
+
+    model = tiny("llava").model
+    inputs, _ = batch("llava")
+    with attach(model, keep=3) as handle:
+        auto = logits(model, inputs)
+    runs = []
+    port = _torch.greedy
+    monkeypatch.setattr(_torch, "greedy", lambda *a: runs.append(a[0].device) or port(*a))
+    with attach(model, keep=3, backend="torch") as handle:
+        by_port = logits(model, inputs)
+    assert handle.config.backend == "torch" and runs and all(d == torch.device("cpu") for d in runs)
+    assert by_port.shape == auto.shape and all(r.tokens_after == 3 for r in handle.last)
+    with pytest.raises(ValueError, match="backend='c' applies to method 'greedyprune' only"):
+        attach(model, keep=3, method="divprune", backend="c")
+
+
 def test_records_carry_the_greedy_pick_order():
     model = tiny("llava").model
     inputs, _ = batch("llava")

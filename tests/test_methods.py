@@ -1,12 +1,13 @@
 """The selector registry (greedyprune.methods): the shared contract, then each selector's
 defining property, checked against a brute-force statement of it."""
+import json
 import threading
 
 import numpy as np
 import pytest
 
 import greedyprune
-from greedyprune import methods, reference
+from greedyprune import PruneConfig, methods, reference
 
 ALL = ["greedyprune", "topk", "divprune", "cdpruner", "random", "uniform"]
 
@@ -486,3 +487,16 @@ def test_registered_lasts_for_the_with_block_and_restores_what_was_there():
     with pytest.raises(RuntimeError), methods.registered("_test_block", first):
         raise RuntimeError("the block fails")
     assert "_test_block" not in methods.names()
+
+
+def test_prune_config_backend_is_validated_and_round_trips():
+    config = PruneConfig(keep=8, backend="torch")
+    assert PruneConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert PruneConfig(keep=8).backend == PruneConfig.from_dict({"keep": 8}).backend == "auto"
+    assert config.replace(keep=4).backend == "torch"
+    with pytest.raises(ValueError, match="backend must be one of 'auto', 'c', 'torch', got 'gpu'"):
+        PruneConfig(keep=8, backend="gpu")
+    with pytest.raises(ValueError, match="backend='c' applies to method 'greedyprune' only"):
+        PruneConfig(keep=8, method="divprune", backend="c")
+    with pytest.raises(ValueError, match="backend='torch' applies to method 'greedyprune' only"):
+        config.replace(method="topk")

@@ -2,6 +2,7 @@
 for tensors on accelerators) is checked against the C core on CPU tensors."""
 from __future__ import annotations
 
+import types
 import warnings
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import greedyprune  # noqa: E402
-from greedyprune import _api, _torch, methods  # noqa: E402
+from greedyprune import _tensors, _torch, methods  # noqa: E402
 
 from util import assert_near_greedy, cases  # noqa: E402
 
@@ -25,7 +26,7 @@ def test_cpu_tensor_in_tensor_out():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_cpu_tensors_are_read_in_place(dtype):
     x = torch.randn(40, 64, 6, dtype=torch.float32).to(dtype)[:, ::2, 1:5]  # non-contiguous
-    view = _api._tensor_as_array(x)
+    view = _tensors.host_array(x)
     assert view.__array_interface__["data"][0] == x.data_ptr()
     assert view.strides == tuple(s * x.element_size() for s in x.stride())
 
@@ -184,3 +185,199 @@ def test_cuda_tensors_stay_on_their_device():
     out = greedyprune.select(x, 50, s)
     assert out.device == x.device
     np.testing.assert_array_equal(out.cpu().numpy(), greedyprune.select(x.cpu(), 50, s.cpu()).numpy())
+
+
+# --- where a tensor's selection runs: backend="auto", "c" or "torch" ----------------------------
+
+
+@pytest.fixture
+def runs(monkeypatch):
+    """The implementations that ran, in order: "c" (the C core) or "torch" (the PyTorch port)."""
+    calls = []
+    port, core = _torch.greedy, _tensors._core.greedy
+    monkeypatch.setattr(_torch, "greedy", lambda *a: calls.append("torch") or port(*a))
+    monkeypatch.setattr(_tensors, "_core",
+                        types.SimpleNamespace(greedy=lambda *a: calls.append("c") or core(*a)))
+    return calls
+
+
+def _as_tensors(case):
+    x = torch.from_numpy(np.ascontiguousarray(case.features))
+    s = None if case.saliency is None else torch.from_numpy(np.ascontiguousarray(case.saliency))
+    return x, s
+
+
+@pytest.mark.parametrize("case", [c for c in cases(np.float64) if not c.exact_ties], ids=repr)
+def test_both_backends_pick_alike_on_cpu_tensors(case, runs):
+    x, s = _as_tensors(case)
+    want_order, want_gains = greedyprune.greedy(*case.args())
+    for backend in ("c", "torch"):
+        order, gains = greedyprune.greedy(x, case.k, s, case.lam, backend=backend)
+        kept = greedyprune.select(x, case.k, s, case.lam, backend=backend)
+        assert order.dtype == kept.dtype == torch.int64 and order.device == kept.device == x.device
+        np.testing.assert_array_equal(order.numpy(), want_order)
+        np.testing.assert_array_equal(kept.numpy(), np.sort(want_order, axis=-1))
+        np.testing.assert_allclose(gains.numpy(), want_gains, rtol=1e-12, atol=1e-12)
+    assert runs == ["c", "c", "torch", "torch"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_torch_backend_on_reduced_precision_is_near_greedy(dtype, runs):
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 120, 16, generator=g).to(dtype)
+    s = torch.rand(2, 120, generator=g).to(dtype)
+    order, _ = greedyprune.greedy(x, 20, s, 0.5, backend="torch")
+    assert runs == ["torch"]
+    for b in range(2):
+        assert_near_greedy(x[b].float().numpy(), s[b].float().numpy(), 0.5, order[b].numpy())
+
+
+def test_auto_runs_arrays_and_cpu_tensors_in_the_c_core(runs):
+    x = torch.randn(30, 5, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(greedyprune.select(x, 4), greedyprune.select(x, 4, backend="auto"))
+    assert runs == ["c", "c"]
+    greedyprune.select(x.numpy(), 4, backend="c")  # arrays go to the C core directly
+    assert runs == ["c", "c"]
+
+
+def test_accelerator_path_simulated_on_the_cpu(runs, monkeypatch):
+    """Tensors taken for accelerator tensors (``on_host`` patched to say no): "auto" runs the
+    port; "c" copies each stored value to the host and runs the C core. On the CPU the copy
+    (``.cpu()``) and the way back (``.to(device)``) are no-ops, so this checks the dispatch and
+    what is copied, not a transfer between devices."""
+    monkeypatch.setattr(_tensors, "on_host", lambda tensor: False)
+    copied = []
+    cpu = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu",
+                        lambda t, *a, **kw: copied.append(t.shape) or cpu(t, *a, **kw))
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(1, 40, 6, generator=g, dtype=torch.float64).expand(3, 40, 6)  # a broadcast
+    s = torch.rand(40, generator=g, dtype=torch.float64).expand(3, 40)
+    want = greedyprune.select(x.numpy(), 5, s.numpy(), 0.5)
+    for backend, implementation in (("auto", "torch"), ("torch", "torch"), ("c", "c")):
+        runs.clear()
+        copied.clear()
+        got = greedyprune.select(x, 5, s, 0.5, backend=backend)
+        assert runs == [implementation] and got.device == x.device
+        np.testing.assert_array_equal(got.numpy(), want)
+    # Only the stored values went to the host: one row of the broadcast batch, each.
+    assert copied == [(1, 40, 6), (1, 40)]
+    bits = torch.randn(4, 3, generator=g).bfloat16()
+    assert np.array_equal(_tensors.host_array(bits), bits.view(torch.int16).numpy().view(np.uint16))
+
+
+@pytest.mark.parametrize("fn", [greedyprune.select, greedyprune.greedy])
+def test_bad_backends_are_refused_by_name_for_tensors_too(fn):
+    x = torch.randn(6, 3)
+    for backend in ("cuda", "C", None):
+        with pytest.raises(ValueError, match="backend must be one of 'auto', 'c', 'torch', got"):
+            fn(x, 2, backend=backend)
+    with pytest.raises(ValueError, match="backend='torch' runs the PyTorch port on a tensor's"):
+        fn(x.numpy(), 2, torch.rand(6), backend="torch")  # the features decide, not saliency
+
+
+def test_the_greedyprune_selector_passes_backend_through(runs):
+    x = torch.randn(2, 30, 5, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    selector = methods.get("greedyprune")
+    assert torch.equal(selector(x, 6, backend="torch"), selector(x, 6, backend="c"))
+    in_order = methods.ordered("greedyprune", backend="torch")
+    assert torch.equal(in_order(x, 6), greedyprune.greedy(x, 6)[0])
+    assert runs == ["torch", "c", "torch", "c"]
+    with pytest.raises(ValueError, match="backend must be one of"):
+        methods.ordered("greedyprune", backend="gpu")
+
+
+# --- the port's arithmetic: the plain loop, bit for bit ---------------------------------------
+
+
+def _plain_loop(x, k, s, lam):
+    """The port's arithmetic written plainly: ``m`` kept, every gain recomputed from it at each
+    step, picks masked out. The port (which keeps the gains themselves, in place) must give the
+    same picks and gains bit for bit."""
+    x = x if x.dim() == 3 else x[None]
+    b, n, d = x.shape
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    snap = _torch.COSINE_SNAP if compute == torch.float64 else _torch.COSINE_SNAP_F32
+    norms = _torch._row_norms(x)
+    inv_norm = torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))
+    shat = torch.zeros(b, n, dtype=torch.float64) if s is None else \
+        _torch._normalized_saliency(s.reshape(b, n))
+    rows = torch.arange(b)
+    m = torch.ones(b, n, dtype=torch.float64)
+    taken = torch.zeros(b, n, dtype=torch.bool)
+    order, gains = [], []
+    for _ in range(k):
+        gain = (lam * shat + (1.0 - lam) * m).masked_fill(taken, float("-inf"))
+        pick = gain.argmax(dim=1)
+        order.append(pick)
+        gains.append(gain[rows, pick])
+        taken[rows, pick] = True
+        unit = (x[rows, pick].double() * inv_norm[rows, pick, None]).to(compute)[:, :, None]
+        dots = torch.cat([torch.bmm(x[:, lo:hi].to(compute), unit)[:, :, 0]
+                          for lo, hi in _torch._chunks(n, b, d)], 1)
+        cosine = dots.double() * inv_norm
+        cosine = torch.where(cosine >= 1.0 - snap, 1.0,
+                             torch.where(cosine <= snap - 1.0, -1.0, cosine))
+        m = torch.minimum(m, (1.0 - cosine) / 2.0)
+    return torch.stack(order, 1), torch.stack(gains, 1)
+
+
+def _random_input(seed):
+    """Features of one of four dtypes and one of six kinds (gaussian; a few rows repeated,
+    scaled, negated or zeroed; small integers; huge, tiny and subnormal magnitudes; nearly
+    parallel rows; positive rows), saliency absent, constant, tied or random, λ among 0, 1/2, 1
+    and others."""
+    rng = np.random.default_rng(seed)
+    dtype = [torch.float16, torch.bfloat16, torch.float32, torch.float64][seed % 4]
+    b, n, d = int(rng.integers(1, 4)), int(rng.integers(1, 50)), int(rng.integers(1, 12))
+    kind = seed // 4 % 6
+    if kind == 1:
+        rows = rng.standard_normal((b, 3, d))[np.arange(b)[:, None], rng.integers(0, 3, (b, n))]
+        x = rows * rng.choice([1.0, 2.0, -1.0, 0.0, 0.5], size=(b, n, 1))
+    elif kind == 2:
+        x = rng.integers(-2, 3, size=(b, n, d)).astype(float)
+    elif kind == 3:
+        # float64 rows of 1e-310 are subnormal: 1/‖x‖ overflows and their distances are NaN.
+        big = {torch.float16: 4, torch.bfloat16: 30, torch.float32: 30, torch.float64: 310}[dtype]
+        x = rng.standard_normal((b, n, d)) * 10.0 ** rng.choice([-big, big - 10, 0], size=(b, n, 1))
+    elif kind == 4:
+        spread = 1e-4 * rng.choice([0, 1], (b, n, 1))
+        x = rng.standard_normal(d) + spread * rng.standard_normal((b, n, d))
+    else:
+        x = rng.standard_normal((b, n, d)) + (5.0 if kind == 5 else 0.0)
+    saliency = [None, np.full((b, n), 0.7), rng.integers(0, 3, (b, n)).astype(float),
+                rng.random((b, n))][seed % 7 % 4]
+    lam = [0.0, 0.5, 1.0, 0.25, float(rng.random())][seed % 5]
+    x = torch.from_numpy(x).to(dtype)
+    s = None if saliency is None else torch.from_numpy(saliency).to(dtype)
+    if rng.random() < 0.3:
+        x, s = x[0], None if s is None else s[0]
+    return x, int(rng.integers(1, n + 1)), s, lam
+
+
+@pytest.mark.parametrize("chunk_elements", [_torch.CHUNK_ELEMENTS, 40], ids=["one chunk", "chunks"])
+@pytest.mark.parametrize("seed", range(120))
+def test_port_equals_the_plain_loop_bit_for_bit(seed, chunk_elements, monkeypatch):
+    monkeypatch.setattr(_torch, "CHUNK_ELEMENTS", chunk_elements)
+    x, k, s, lam = _random_input(seed)
+    order, gains = _torch.greedy(x, k, s, lam)
+    want_order, want_gains = _plain_loop(x, k, s, lam)
+    if x.dim() == 2:
+        want_order, want_gains = want_order[0], want_gains[0]
+    assert torch.equal(order, want_order)
+    assert torch.equal(gains.view(torch.int64), want_gains.view(torch.int64))  # bits, NaN too
+
+
+@pytest.mark.parametrize("chunk_elements", [_torch.CHUNK_ELEMENTS, 40], ids=["one chunk", "chunks"])
+def test_the_selection_loop_reads_no_value_on_the_host(chunk_elements, monkeypatch):
+    """On meta tensors (shapes, no values) any read of a value on the host fails: the loop after
+    the finiteness check has none, so a CUDA graph can capture it (benchmarks/bench_gpu.py)."""
+    monkeypatch.setattr(_torch, "CHUNK_ELEMENTS", chunk_elements)
+    for dtype, saliency in ((torch.bfloat16, torch.empty(2, 30, device="meta")),
+                            (torch.float64, None)):
+        x = torch.empty(2, 30, 8, dtype=dtype, device="meta")
+        inv_norm = torch.empty(2, 30, dtype=torch.float64, device="meta")
+        order, gains = _torch.greedy_with_norms(x, inv_norm, 6, saliency, 0.5)
+        assert order.shape == gains.shape == (2, 6) and order.is_meta
+    with pytest.raises(RuntimeError, match="meta"):  # the check before it does read values
+        _torch.inverse_norms(torch.empty(2, 30, 8, device="meta"))

@@ -23,9 +23,9 @@ USER_SCRIPT = """
     from greedyprune.hf import ImageRecord, attach, detach, get_handle
 
     kept: np.ndarray = greedyprune.select(np.zeros((8, 4), np.float32), 3, lam=0.5)
-    order, gains = greedyprune.greedy(np.zeros((8, 4)), 3)
+    order, gains = greedyprune.greedy(np.zeros((8, 4)), 3, backend="c")
     previous: int = greedyprune.set_num_threads(2)
-    config = PruneConfig(keep=64, saliency="cls", lam=0.25)
+    config = PruneConfig(keep=64, saliency="cls", lam=0.25, backend="torch")
     text: str = json.dumps(config.to_dict())
     again: PruneConfig = PruneConfig.from_dict(json.loads(text)).replace(keep_ratio=0.5)
     selector = methods.get("divprune")
@@ -70,7 +70,9 @@ def test_a_user_script_type_checks_and_a_misspelt_option_does_not(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     bad = tmp_path / "bad.py"
     bad.write_text("from greedyprune.hf import attach\n"
-                   "attach(object(), keep=16, saliency='CLS')\n")
+                   "attach(object(), keep=16, saliency='CLS')\n"
+                   "attach(object(), keep=16, backend='cuda')\n")
     result = _mypy("--config-file", str(ROOT / "pyproject.toml"), str(bad))
     assert result.returncode == 1 and 'Argument "saliency" to "attach"' in result.stdout, (
         result.stdout)
+    assert 'Argument "backend" to "attach"' in result.stdout, result.stdout

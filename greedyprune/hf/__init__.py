@@ -28,7 +28,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, List, Optional, Union
 
-from ..config import DEFAULT_LAM, SALIENCY, PruneConfig, Saliency
+from ..config import DEFAULT_LAM, SALIENCY, Backend, PruneConfig, Saliency
 from ._records import ImageRecord, PatchGrid, PrefillRecord
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ __all__ = ["attach", "detach", "get_handle", "supported_models", "PruneConfig", 
 def attach(model, keep: Union[int, PruneConfig, None] = None, *,
            keep_ratio: Optional[float] = None, lam: Optional[float] = None,
            saliency: Optional[Saliency] = None, method: Optional[str] = None,
-           seed: Optional[int] = None) -> "PruneHandle":
+           seed: Optional[int] = None, backend: Optional[Backend] = None) -> "PruneHandle":
     """Prune visual tokens in every forward and ``generate()`` call of ``model``.
 
     Parameters
@@ -70,6 +70,8 @@ def attach(model, keep: Union[int, PruneConfig, None] = None, *,
         A selector name from :func:`greedyprune.methods.names` (default "greedyprune").
     seed : int, optional
         Passed to the selector (used by "random"; default 0).
+    backend : {"auto", "c", "torch"}, optional
+        Where method "greedyprune" runs (default "auto"): see :func:`greedyprune.select`.
 
     Returns
     -------
@@ -84,7 +86,7 @@ def attach(model, keep: Union[int, PruneConfig, None] = None, *,
     from .. import methods
 
     config = _config(keep, keep_ratio=keep_ratio, lam=lam, saliency=saliency, method=method,
-                     seed=seed)
+                     seed=seed, backend=backend)
     from . import _archs
     from ._handle import PruneHandle
 
@@ -102,7 +104,7 @@ def attach(model, keep: Union[int, PruneConfig, None] = None, *,
     inner = spec.inner(model) if is_top else model
     if config.saliency == "query":
         _check_query_layer(spec.decoder(inner), spec.name)
-    ordered = methods.ordered(config.method)
+    ordered = methods.ordered(config.method, backend=config.backend)
     return PruneHandle(model, spec, is_top, config, ordered or methods.get(config.method),
                        ordered is not None)
 
