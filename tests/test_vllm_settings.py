@@ -28,7 +28,8 @@ def test_saliency_defaults_to_what_the_tower_has(has_cls, expected):
 
 
 def test_every_prune_config_field_is_a_setting():
-    values = {"keep_ratio": 0.25, "method": "random", "lam": 0.5, "saliency": "none", "seed": 7}
+    values = {"keep_ratio": 0.25, "method": "greedyprune", "lam": 0.5, "saliency": "none",
+              "seed": 7, "backend": "torch"}
     assert _settings.parse(values, has_cls=True, tower="T") == PruneConfig(**values)
 
 

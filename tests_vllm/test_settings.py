@@ -13,7 +13,7 @@ from greedyprune import builtin, scenes
 
 BAD = [
     ({"kep": 48}, ValueError, r"unknown greedyprune setting 'kep'; the settings are keep, "
-                              r"keep_ratio, method, lam, saliency, seed"),
+                              r"keep_ratio, method, lam, saliency, seed, backend"),
     ({}, ValueError, "give exactly one of keep .* and keep_ratio"),
     ({"keep": 0}, ValueError, r"keep must be >= 1"),
     ({"keep": 48, "keep_ratio": 0.5}, ValueError, "give exactly one of keep"),
@@ -25,6 +25,9 @@ BAD = [
     ({"keep": 48, "saliency": "query"}, ValueError, "saliency='query'"),
     ({"keep": 48, "method": "topk", "saliency": "none"}, ValueError, "needs saliency"),
     ({"keep": "48"}, TypeError, "keep must be a positive integer, got str"),
+    ({"keep": 48, "backend": "cuda"}, ValueError, "backend"),
+    ({"keep": 48, "method": "divprune", "backend": "c"}, ValueError,
+     "backend='c' applies to method 'greedyprune' only"),
     (48, TypeError, r"hf_overrides\['greedyprune'\] must be a dict of settings"),
 ]
 

@@ -190,5 +190,6 @@ def prune(features: torch.Tensor, saliency: Optional[torch.Tensor],
     if k == features.shape[1]:
         return features
     select = methods.get(config.method)
-    kept = select(features, k, saliency, lam=config.lam, seed=config.seed)
+    where = {} if config.backend == "auto" else {"backend": config.backend}  # greedyprune only
+    kept = select(features, k, saliency, lam=config.lam, seed=config.seed, **where)
     return torch.gather(features, 1, kept[:, :, None].expand(-1, -1, features.shape[2]))
