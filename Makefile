@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SOURCES := $(wildcard csrc/*.c csrc/*.h greedyprune/*.c) setup.py pyproject.toml
 
-.PHONY: demo test ctest fuzz bench readme clean
+.PHONY: demo test ctest soak fuzz bench readme clean
 
 # The torchvision line removes a torchvision that cannot load next to this torch
 # (requirements-dev.txt says why).
@@ -28,7 +28,13 @@ test: $(VENV)/.built ctest
 ctest:
 	bash tests/c/run.sh
 
-# fuzz/run.sh: the C and Python APIs under fuzzing, about 2 minutes (FUZZ_SECONDS=3600 for an hour).
+# tests/test_soak.py: minutes of use change nothing (memory, objects, hooks, threads, answers);
+# SOAK_SECONDS sets each test's length (30).
+soak: $(VENV)/.built
+	$(PY) -m pytest -q -m soak tests/test_soak.py
+
+# fuzz/run.sh: the C and Python APIs under fuzzing, about 2 minutes (FUZZ_SECONDS=3600 for an hour);
+# as root with apt-get it installs clang, libomp-dev and clang's runtime (libFuzzer, sanitizers).
 fuzz: $(VENV)/.built
 	PYTHON=$(PY) bash fuzz/run.sh
 

@@ -63,6 +63,8 @@
  * and every this many nanoseconds while the calling thread waits for the rest of its team. */
 #define GP_POLL_WORK ((int64_t)1 << 24)
 #define GP_WAIT_POLL_NS 2000000L
+/* ... after spinning this long (seconds) without sleeping. */
+#define GP_WAIT_SPIN_SECONDS 2e-4
 /* Rows whose norm lies in this range have their sum of squares accumulated in the compute type
  * and take part in dot products as they are: no square or product can overflow or fall into
  * the subnormal range where it would lose precision. Other rows are measured after scaling by
@@ -523,13 +525,33 @@ static void team_wait_end(team_wait *t)
 #endif
 }
 
+#ifdef GP_TEAM_WAIT
+static int64_t images_left(team_wait *t)
+{
+    int64_t left;
+#pragma omp atomic read
+    left = t->left;
+    return left;
+}
+
+static double seconds_now(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + 1e-9 * (double)now.tv_nsec;
+}
+#endif
+
 /* One image finished (or skipped), on whichever thread ran it. */
 static void image_finished(team_wait *t)
 {
 #ifdef GP_TEAM_WAIT
+    int64_t left;
     if (!t->active) return;
     pthread_mutex_lock(&t->lock);
-    if (--t->left == 0) pthread_cond_signal(&t->done);
+#pragma omp atomic capture
+    left = --t->left;
+    if (left == 0) pthread_cond_signal(&t->done);
     pthread_mutex_unlock(&t->lock);
 #else
     (void)t;
@@ -541,7 +563,12 @@ static void image_finished(team_wait *t)
 static void wait_for_team(team_wait *t, poller *p)
 {
 #ifdef GP_TEAM_WAIT
+    double spin_until;
     if (!t->active) return;
+    /* Spin first: most batches end within microseconds of the caller's share, and a thread
+     * woken from sleep may wait milliseconds for a core on a busy machine. */
+    spin_until = seconds_now() + GP_WAIT_SPIN_SECONDS;
+    while (images_left(t) > 0 && seconds_now() < spin_until) continue;
     pthread_mutex_lock(&t->lock);
     while (t->left > 0 && !stop_requested(p)) {
         struct timespec until;
