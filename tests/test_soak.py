@@ -108,7 +108,7 @@ def core_cases(rng: random.Random, count: int):
     return cases
 
 
-def test_the_core_holds_steady_over_a_million_calls():
+def test_the_core_holds_steady_over_many_calls():
     from greedyprune import _core
 
     cases = core_cases(random.Random(0), 512)
@@ -206,7 +206,7 @@ def answers(model, batches):
 
 
 @pytest.mark.parametrize("arch", ["llava_next", "qwen2_vl", "builtin"])
-def test_hooked_models_hold_steady_over_thousands_of_prefills(arch):
+def test_hooked_models_hold_steady_over_many_prefills(arch):
     import torch
 
     model, batches = builtin_model() if arch == "builtin" else tiny_model(arch)
