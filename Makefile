@@ -8,7 +8,7 @@ SOURCES := $(wildcard csrc/*.c csrc/*.h greedyprune/*.c) setup.py pyproject.toml
 VLLM_VENV ?= .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 
-.PHONY: demo test ctest test-vllm fuzz bench readme clean
+.PHONY: demo test ctest soak test-vllm fuzz bench readme clean
 
 # The torchvision line removes a torchvision that cannot load next to this torch
 # (requirements-dev.txt says why).
@@ -31,6 +31,11 @@ test: $(VENV)/.built ctest
 ctest:
 	bash tests/c/run.sh
 
+# tests/test_soak.py: minutes of use change nothing (memory, objects, hooks, threads, answers);
+# SOAK_SECONDS sets each test's length (30).
+soak: $(VENV)/.built
+	$(PY) -m pytest -q -m soak tests/test_soak.py
+
 # The vLLM plugin on a real engine (vLLM's CPU backend), in its own environment .venv-vllm
 # (requirements-vllm.txt; tests_vllm/setup.sh says what it mends). Comparisons with
 # greedyprune.hf run in .venv.
@@ -43,9 +48,10 @@ $(VLLM_VENV)/.built: $(VLLM_VENV)/.requirements $(SOURCES)
 	touch $@
 
 test-vllm: $(VENV)/.built $(VLLM_VENV)/.built
-	GREEDYPRUNE_HF_PYTHON=$(PY) $(VLLM_PY) -m pytest -q tests_vllm
+	GREEDYPRUNE_HF_PYTHON=$(PY) $(VLLM_PY) -m pytest -q -o addopts= tests_vllm
 
-# fuzz/run.sh: the C and Python APIs under fuzzing, about 2 minutes (FUZZ_SECONDS=3600 for an hour).
+# fuzz/run.sh: the C and Python APIs under fuzzing, about 2 minutes (FUZZ_SECONDS=3600 for an hour);
+# as root with apt-get it installs clang, libomp-dev and clang's runtime (libFuzzer, sanitizers).
 fuzz: $(VENV)/.built
 	PYTHON=$(PY) bash fuzz/run.sh
 

@@ -45,7 +45,9 @@
 #endif
 #if defined(_OPENMP) && (defined(__unix__) || defined(__APPLE__))
 #include <pthread.h>
+#include <time.h>
 #define GP_DETECT_FORK 1
+#define GP_TEAM_WAIT 1
 #endif
 #if defined(__SSE2__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2)
 #include <xmmintrin.h>
@@ -57,8 +59,12 @@
 /* Below this many elements a pass over one image stays on one thread: starting a team costs
  * microseconds on a quiet machine, and milliseconds when another job holds a core. */
 #define GP_PARALLEL_MIN_WORK ((int64_t)1 << 22)
-/* gp_options.interrupt is called about once per this many elements read. */
+/* gp_options.interrupt is called about once per this many elements read (a few milliseconds),
+ * and every this many nanoseconds while the calling thread waits for the rest of its team. */
 #define GP_POLL_WORK ((int64_t)1 << 24)
+#define GP_WAIT_POLL_NS 2000000L
+/* ... after spinning this long (seconds) without sleeping. */
+#define GP_WAIT_SPIN_SECONDS 2e-4
 /* Rows whose norm lies in this range have their sum of squares accumulated in the compute type
  * and take part in dot products as they are: no square or product can overflow or fall into
  * the subnormal range where it would lose precision. Other rows are measured after scaling by
@@ -454,14 +460,9 @@ static int stop_requested(const poller *p)
     return stopped;
 }
 
-/* Count `elements` read; about every GP_POLL_WORK of them, ask the caller (on its own thread)
- * whether to stop. Returns nonzero once the call must stop. */
-static int should_stop(poller *p, int64_t elements)
+/* Ask the caller (on its own thread) whether to stop. Returns nonzero once the call must stop. */
+static int poll_now(poller *p)
 {
-    if (elements < GP_POLL_WORK - p->work) {
-        p->work += elements;
-        return 0;
-    }
     p->work = 0;
     if (p->caller && p->interrupt != NULL && p->interrupt(p->context)) {
 #ifdef _OPENMP
@@ -470,6 +471,124 @@ static int should_stop(poller *p, int64_t elements)
         *p->stopped = 1;
     }
     return stop_requested(p);
+}
+
+/* Count `elements` read; about every GP_POLL_WORK of them, poll. */
+static int should_stop(poller *p, int64_t elements)
+{
+    if (elements < GP_POLL_WORK - p->work) {
+        p->work += elements;
+        return 0;
+    }
+    return poll_now(p);
+}
+
+/* Images in parallel: the calling thread may finish its share while other threads still work
+ * on theirs. It then waits for them here, polling every GP_WAIT_POLL_NS, so that an interrupt
+ * still stops the call promptly; without POSIX threads it goes straight to the team's barrier
+ * (an interrupt then waits for the other threads' images). */
+typedef struct team_wait {
+    int active; /* the caller waits: it polls for interrupts, and the lock and signal exist */
+#ifdef GP_TEAM_WAIT
+    int64_t left; /* images not finished */
+    pthread_mutex_t lock;
+    pthread_cond_t done; /* signalled when left reaches 0 */
+#endif
+} team_wait;
+
+static void team_wait_start(team_wait *t, const gp_options *options, int64_t images)
+{
+    t->active = 0;
+#ifdef GP_TEAM_WAIT
+    t->left = images;
+    if (options == NULL || options->interrupt == NULL) return;
+    if (pthread_mutex_init(&t->lock, NULL) != 0) return;
+    if (pthread_cond_init(&t->done, NULL) != 0) {
+        pthread_mutex_destroy(&t->lock);
+        return;
+    }
+    t->active = 1;
+#else
+    (void)options;
+    (void)images;
+#endif
+}
+
+static void team_wait_end(team_wait *t)
+{
+#ifdef GP_TEAM_WAIT
+    if (!t->active) return;
+    pthread_cond_destroy(&t->done);
+    pthread_mutex_destroy(&t->lock);
+#else
+    (void)t;
+#endif
+}
+
+#ifdef GP_TEAM_WAIT
+static int64_t images_left(team_wait *t)
+{
+    int64_t left;
+#pragma omp atomic read
+    left = t->left;
+    return left;
+}
+
+static double seconds_now(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + 1e-9 * (double)now.tv_nsec;
+}
+#endif
+
+/* One image finished (or skipped), on whichever thread ran it. */
+static void image_finished(team_wait *t)
+{
+#ifdef GP_TEAM_WAIT
+    int64_t left;
+    if (!t->active) return;
+    pthread_mutex_lock(&t->lock);
+#pragma omp atomic capture
+    left = --t->left;
+    if (left == 0) pthread_cond_signal(&t->done);
+    pthread_mutex_unlock(&t->lock);
+#else
+    (void)t;
+#endif
+}
+
+/* On the calling thread, its share done: poll until every image is finished or the call
+ * stops. The interrupt is called without the lock held. */
+static void wait_for_team(team_wait *t, poller *p)
+{
+#ifdef GP_TEAM_WAIT
+    double spin_until;
+    if (!t->active) return;
+    /* Spin first: most batches end within microseconds of the caller's share, and a thread
+     * woken from sleep may wait milliseconds for a core on a busy machine. */
+    spin_until = seconds_now() + GP_WAIT_SPIN_SECONDS;
+    while (images_left(t) > 0 && seconds_now() < spin_until) continue;
+    pthread_mutex_lock(&t->lock);
+    while (t->left > 0 && !stop_requested(p)) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += GP_WAIT_POLL_NS;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&t->done, &t->lock, &until);
+        if (t->left == 0) break;
+        pthread_mutex_unlock(&t->lock);
+        if (poll_now(p)) return;
+        pthread_mutex_lock(&t->lock);
+    }
+    pthread_mutex_unlock(&t->lock);
+#else
+    (void)t;
+    (void)p;
+#endif
 }
 
 /* ---------------------------------------------------------------- one image */
@@ -845,6 +964,8 @@ static gp_status greedy_images_in_parallel(const gp_view *x, const gp_view *s, i
     int64_t first_bad = x->batch, b;
     gp_status bad_status = GP_OK;
     int outer = (int64_t)threads < x->batch ? threads : (int)x->batch;
+    team_wait wait;
+    team_wait_start(&wait, options, x->batch);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(outer)
 #endif
@@ -852,7 +973,7 @@ static gp_status greedy_images_in_parallel(const gp_view *x, const gp_view *s, i
         fp_mode saved = enter_default_fp_mode();
         poller poll = make_poller(options, team_thread() == 0, stopped);
 #ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
 #endif
         for (b = 0; b < x->batch; b++) {
             gp_status st = greedy_image(x, s, b, k, lam, 1, &poll, order + b * k,
@@ -866,9 +987,12 @@ static gp_status greedy_images_in_parallel(const gp_view *x, const gp_view *s, i
                     bad_status = st;
                 }
             }
+            image_finished(&wait);
         }
+        if (poll.caller) wait_for_team(&wait, &poll);
         restore_fp_mode(&saved);
     }
+    team_wait_end(&wait);
     (void)outer;
     return *stopped ? GP_EINTERRUPTED : bad_status;
 }

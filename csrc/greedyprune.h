@@ -135,7 +135,9 @@ typedef struct gp_options {
      *  pass over the features, about every 2^24 elements read (a few milliseconds), always from
      *  the thread that made the call, never from another: it may take that thread's locks
      *  (a language runtime's global lock, say). In a batch that runs images in parallel it is
-     *  called while the calling thread works on its share of the images. */
+     *  called while the calling thread works on its share of the images, then every 2 ms
+     *  while it waits for the other threads' images (where POSIX threads exist), so that a
+     *  stop is prompt whatever the batch and thread count. */
     gp_interrupt_fn interrupt;
     void *interrupt_context;
 } gp_options;

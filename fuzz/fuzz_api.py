@@ -443,18 +443,30 @@ def save(data: bytes, artifacts: str) -> str:
     return path
 
 
-def run_random(seed: int, seconds: float, runs: int, artifacts: str) -> int:
-    """Random inputs from `seed`, no coverage guidance. The input being run is kept in
-    ARTIFACTS/current-input until the run ends, so a hard crash leaves its reproducer there."""
+def seed_inputs(directories) -> list:
+    """The files of the seed directories, in a fixed order."""
+    inputs = []
+    for directory in directories:
+        for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else ():
+            with open(os.path.join(directory, name), "rb") as f:
+                inputs.append(f.read())
+    return inputs
+
+
+def run_random(seed: int, seconds: float, runs: int, artifacts: str, seeds=()) -> int:
+    """The seed inputs, then random inputs from `seed`, no coverage guidance. The input being
+    run is kept in ARTIFACTS/current-input until the run ends, so a hard crash leaves its
+    reproducer there."""
     import random
 
     rng = random.Random(seed)
     os.makedirs(artifacts, exist_ok=True)
     current = os.path.join(artifacts, "current-input")
     start, count = time.monotonic(), 0
+    first = seed_inputs(seeds)
     with open(current, "wb") as keep:
         while count < runs and time.monotonic() - start < seconds:
-            data = rng.randbytes(rng.randrange(0, 200))
+            data = first[count] if count < len(first) else rng.randbytes(rng.randrange(0, 200))
             keep.seek(0)
             keep.write(data)
             keep.truncate()
@@ -479,7 +491,10 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=2**62)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--artifacts", default="fuzz/out/python/")
-    parser.add_argument("--corpus", default="fuzz/corpus/python")
+    parser.add_argument("--corpus", default="fuzz/corpus/python",
+                        help="where new inputs go (and are read from)")
+    parser.add_argument("--seeds", action="append", default=[],
+                        help="a directory of inputs to start from, read only (repeatable)")
     args = parser.parse_args(argv)
     if args.inputs:
         for path in args.inputs:
@@ -491,7 +506,7 @@ def main(argv=None) -> int:
     if engine == "auto":
         engine = "atheris" if importlib.util.find_spec("atheris") else "random"
     if engine == "random":
-        return run_random(args.seed, args.seconds, args.runs, args.artifacts)
+        return run_random(args.seed, args.seconds, args.runs, args.artifacts, args.seeds)
 
     import atheris
 
@@ -503,9 +518,11 @@ def main(argv=None) -> int:
     os.makedirs(args.artifacts, exist_ok=True)
     libfuzzer_args = [sys.argv[0], f"-seed={args.seed}", f"-max_total_time={int(args.seconds)}",
                       f"-artifact_prefix={os.path.join(args.artifacts, '')}", "-max_len=512",
-                      "-timeout=60", "-print_final_stats=1", args.corpus]
+                      "-timeout=60", "-print_final_stats=1", args.corpus,
+                      *[d for d in args.seeds if os.path.isdir(d)]]
     if args.runs < 2**62:
         libfuzzer_args.insert(1, f"-runs={args.runs}")
+
     atheris.Setup(libfuzzer_args, check)
     atheris.Fuzz()
     return 0

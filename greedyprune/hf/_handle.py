@@ -117,7 +117,7 @@ class PruneHandle:
             tower = spec.vision_tower(inner)
             self._handles += [
                 tower.register_forward_pre_hook(self._before_vision, with_kwargs=True),
-                tower.register_forward_hook(self._after_vision),
+                tower.register_forward_hook(self._after_vision, always_call=True),
             ]
         if spec.projector is not None:
             self._handles.append(spec.projector(inner).register_forward_hook(self._after_projector))
@@ -257,6 +257,9 @@ class PruneHandle:
     def _after_vision(self, module, args, output):
         state = self._thread
         run = state.run
+        if output is None:  # the tower raised: forget its run
+            state.run = None
+            return None
         if run is None:
             return None
         try:

@@ -1392,6 +1392,44 @@ static void test_interrupt(void)
     free(o2);
 }
 
+#if defined(_OPENMP) && defined(HAVE_POSIX)
+/* Images in parallel where the calling thread's share ends first: it keeps polling while the
+ * other thread works, so an interrupt still stops the call. Image 0 holds a NaN and fails after
+ * one slice of the pass (one poll); image 1 is a pass over 2^26 elements (four slices). */
+static void test_interrupt_after_own_share(void)
+{
+    enum { N = 1 << 20, D = 64, K = 4 };
+    float rows[2 * D];
+    int64_t order[2 * K];
+    double gains[2 * K];
+    interrupt_probe probe;
+    gp_view v;
+    gp_status st;
+    int c;
+    if (omp_get_num_procs() < 2) {
+        printf("interrupt after the caller's share: skipped (one CPU: no second thread)\n");
+        return;
+    }
+    for (c = 0; c < 2 * D; c++) rows[c] = (float)(c % 7) - 3.0f;
+    rows[0] = NAN;
+    v = gp_contiguous(rows, GP_FLOAT32, 2, N, D);
+    v.row_stride = 0; /* every row of an image the same */
+    v.batch_stride = D;
+    CHECK(gp_greedy(&v, NULL, K, 1.0, 1, order, gains) == GP_ENONFINITE_FEATURES,
+          "waiting caller: serial baseline");
+    /* Never asked to stop: the answer of one thread, and the caller polls while it waits (at
+     * least 3 calls whichever image it took). */
+    st = run_probed(&v, K, 1.0, 2, INT_MAX, &probe, order, gains);
+    CHECK(st == GP_ENONFINITE_FEATURES && probe.calls >= 3 && probe.foreign_calls == 0,
+          "waiting caller, never asked: status %d, %d calls, %d from other threads", (int)st,
+          probe.calls, probe.foreign_calls);
+    /* Asked at the second call: after the NaN image's only poll, while the other image runs. */
+    st = run_probed(&v, K, 1.0, 2, 2, &probe, order, gains);
+    CHECK(st == GP_EINTERRUPTED && probe.calls == 2 && probe.foreign_calls == 0,
+          "waiting caller, asked at call 2: status %d, %d calls", (int)st, probe.calls);
+}
+#endif
+
 #ifdef _OPENMP
 /* One image per caller thread from inside the caller's own parallel region, on rows that go
  * through the scratch row (float16) and are large enough to share (N * D = 2^22). */
@@ -1523,6 +1561,9 @@ int main(void)
     test_caller_fp_mode();
 #endif
     test_interrupt();
+#if defined(_OPENMP) && defined(HAVE_POSIX)
+    test_interrupt_after_own_share();
+#endif
 #ifdef _OPENMP
     test_thread_cap();
     test_nested_parallel();
