@@ -1,40 +1,54 @@
 # The two set-up-and-run commands of README.md: `make demo` and `make test`. Each creates the
-# virtual environment .venv on first use and builds the C extension in place.
+# virtual environment .venv on first use and builds the C extension in place. The demo installs
+# only requirements.txt; the tests (and fuzz, bench) add requirements-dev.txt to the same .venv.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q --disable-pip-version-check
 SOURCES := $(wildcard csrc/*.c csrc/*.h greedyprune/*.c) setup.py pyproject.toml
+# What the tests and tools need: the built package and the development requirements.
+DEV := $(VENV)/.built $(VENV)/.requirements-dev
 
 .PHONY: demo test ctest fuzz bench readme clean
 
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.requirements: requirements.txt | $(PY)
+	$(PIP) -r requirements.txt
+	touch $@
+
 # The torchvision line removes a torchvision that cannot load next to this torch
 # (requirements-dev.txt says why).
-$(VENV)/.requirements: requirements-dev.txt
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+$(VENV)/.requirements-dev: requirements-dev.txt $(VENV)/.requirements
+	$(PIP) -r requirements-dev.txt
 	$(PY) -c "import torchvision" 2>/dev/null || $(PY) -m pip uninstall -q -y torchvision
 	touch $@
 
 $(VENV)/.built: $(VENV)/.requirements $(SOURCES)
-	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+	$(PIP) --no-build-isolation --no-deps -e .
 	touch $@
 
 demo: $(VENV)/.built
 	$(PY) -m greedyprune demo
 
-test: $(VENV)/.built ctest
-	$(PY) -m pytest -q
+# Two pytest workers, one per core (pytest-xdist; tests/conftest.py says how the tests are
+# shared out). OpenMP threads that wait by spinning (the default) would take the core the other
+# worker needs: many small multi-threaded calls then ran 20 times slower. Soak tests (minutes
+# each) are left to their own run.
+test: $(DEV) ctest
+	OMP_WAIT_POLICY=passive $(PY) -m pytest -q -n 2 --dist loadgroup -m "not soak"
 
 ctest:
 	bash tests/c/run.sh
 
 # fuzz/run.sh: the C and Python APIs under fuzzing, about 2 minutes (FUZZ_SECONDS=3600 for an hour).
-fuzz: $(VENV)/.built
+fuzz: $(DEV)
 	PYTHON=$(PY) bash fuzz/run.sh
 
 # bench_select exits 1 when a performance target is missed (its JSON says which); the other
 # benchmarks and the README update run regardless.
-bench: $(VENV)/.built
+bench: $(DEV)
 	-env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench_select.py
 	$(PY) benchmarks/bench_hf.py
 	$(PY) benchmarks/bench_fidelity.py

@@ -224,8 +224,8 @@ def run(model, processor, *, image: Any = None, question: str = DEFAULT_QUESTION
                 if setting is None:
                     seconds = prefill_seconds()
                 else:
-                    method, keep = setting
-                    with attach(model, **budget_arguments(keep), method=method, lam=lam,
+                    method, budget = setting
+                    with attach(model, **budget_arguments(budget), method=method, lam=lam,
                                 saliency=saliency) as handle:
                         seconds = prefill_seconds()
                     records[setting] = handle.last_prefill
@@ -236,14 +236,14 @@ def run(model, processor, *, image: Any = None, question: str = DEFAULT_QUESTION
     answer_unpruned = answerer(image, question).text
     _print_header(reference, answer_unpruned, unpruned, repeats, print_fn)
     runs, picture, tokens_before = [], None, 0
-    for number, (method, keep) in enumerate(settings):
-        record = records[method, keep]
+    for number, (method, budget) in enumerate(settings):
+        record = records[method, budget]
         if record is None:
             raise RuntimeError(f"{type(model).__name__}'s prefill did not reach the pruning hook")
         entry = record.images[0]
-        result = PrunedRun(method, keep, sum(i.tokens_after for i in record.images),
-                           int(record.seq_len_after), min(times[method, keep]),
-                           record.hook_seconds, answerer(image, question, method, keep).text)
+        result = PrunedRun(method, budget, sum(i.tokens_after for i in record.images),
+                           int(record.seq_len_after), min(times[method, budget]),
+                           record.hook_seconds, answerer(image, question, method, budget).text)
         runs.append(result)
         tokens_before = sum(i.tokens_before for i in record.images)
         _print_run(result, tokens_before, sequence_before, unpruned, lam, saliency, print_fn)

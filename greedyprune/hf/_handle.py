@@ -183,6 +183,7 @@ class PruneHandle:
                     return None
             return work(module, args, *rest)
 
+        hook.handle = self  # type: ignore[attr-defined]  # which handle installed the hook
         return hook
 
     def _cannot_prune(self, length: Optional[int]) -> bool:
