@@ -1,39 +1,53 @@
 # The two set-up-and-run commands of README.md: `make demo` and `make test`. Each creates the
-# virtual environment .venv on first use and builds the C extension in place.
+# virtual environment .venv on first use and builds the C extension in place. The demo installs
+# only requirements.txt; the tests (and fuzz, bench) add requirements-dev.txt to the same .venv.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q --disable-pip-version-check
 SOURCES := $(wildcard csrc/*.c csrc/*.h greedyprune/*.c) setup.py pyproject.toml
+# What the tests and tools need: the built package and the development requirements.
+DEV := $(VENV)/.built $(VENV)/.requirements-dev
 
 VLLM_VENV ?= .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 
 .PHONY: demo test ctest soak test-vllm fuzz bench readme clean
 
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.requirements: requirements.txt | $(PY)
+	$(PIP) -r requirements.txt
+	touch $@
+
 # The torchvision line removes a torchvision that cannot load next to this torch
 # (requirements-dev.txt says why).
-$(VENV)/.requirements: requirements-dev.txt
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+$(VENV)/.requirements-dev: requirements-dev.txt $(VENV)/.requirements
+	$(PIP) -r requirements-dev.txt
 	$(PY) -c "import torchvision" 2>/dev/null || $(PY) -m pip uninstall -q -y torchvision
 	touch $@
 
 $(VENV)/.built: $(VENV)/.requirements $(SOURCES)
-	$(PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
+	$(PIP) --no-build-isolation --no-deps -e .
 	touch $@
 
 demo: $(VENV)/.built
 	$(PY) -m greedyprune demo
 
-test: $(VENV)/.built ctest
-	$(PY) -m pytest -q
+# Two pytest workers, one per core (pytest-xdist; tests/conftest.py says how the tests are
+# shared out). OpenMP threads that wait by spinning (the default) would take the core the other
+# worker needs: many small multi-threaded calls then ran 20 times slower. Soak tests (minutes
+# each) are left to their own run.
+test: $(DEV) ctest
+	OMP_WAIT_POLICY=passive $(PY) -m pytest -q -n 2 --dist loadgroup -m "not soak"
 
 ctest:
 	bash tests/c/run.sh
 
 # tests/test_soak.py: minutes of use change nothing (memory, objects, hooks, threads, answers);
 # SOAK_SECONDS sets each test's length (30).
-soak: $(VENV)/.built
+soak: $(DEV)
 	$(PY) -m pytest -q -m soak tests/test_soak.py
 
 # The vLLM plugin on a real engine (vLLM's CPU backend), in its own environment .venv-vllm
@@ -47,17 +61,17 @@ $(VLLM_VENV)/.built: $(VLLM_VENV)/.requirements $(SOURCES)
 	$(VLLM_PY) -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
 	touch $@
 
-test-vllm: $(VENV)/.built $(VLLM_VENV)/.built
+test-vllm: $(DEV) $(VLLM_VENV)/.built
 	GREEDYPRUNE_HF_PYTHON=$(PY) $(VLLM_PY) -m pytest -q -o addopts= tests_vllm
 
 # fuzz/run.sh: the C and Python APIs under fuzzing, about 2 minutes (FUZZ_SECONDS=3600 for an hour);
 # as root with apt-get it installs clang, libomp-dev and clang's runtime (libFuzzer, sanitizers).
-fuzz: $(VENV)/.built
+fuzz: $(DEV)
 	PYTHON=$(PY) bash fuzz/run.sh
 
 # bench_select exits 1 when a performance target is missed (its JSON says which); the other
 # benchmarks and the README update run regardless.
-bench: $(VENV)/.built
+bench: $(DEV)
 	-env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench_select.py
 	$(PY) benchmarks/bench_hf.py
 	$(PY) benchmarks/bench_fidelity.py

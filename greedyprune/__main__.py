@@ -58,10 +58,10 @@ def _budget(item: str) -> Union[int, float]:
 
 def _budget_list(text: str) -> List[Union[int, float]]:
     """Token counts ("64,128") or fractions ("0.1,0.25")."""
-    from .evaluate import _check_keeps
+    from .evaluate import check_keep
 
     try:
-        return _check_keeps(_comma_list(text, _budget))
+        return check_keep(_comma_list(text, _budget))
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -375,7 +375,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         _check_pruning(args, args.methods or [])
         demo.main(args.model, random_weights=args.random_weights, image=args.image,
-                  question=args.question, seed=args.seed, keeps=args.keep,
+                  question=args.question, seed=args.seed, keep=args.keep,
                   methods=args.methods, lam=args.lam, saliency=args.saliency, out=args.out,
                   size=args.model_size, device=args.device, repeats=args.repeats)
         return 0
@@ -403,11 +403,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         model, processor = builtin.load(args.device)
         name = "built-in scenes model"
-    keeps = args.keep or ([6, 12, 24, 48] if args.model is None else [64, 128, 192])
+    keep = args.keep or ([6, 12, 24, 48] if args.model is None else [64, 128, 192])
     prompt = {} if args.prompt is None else {"prompt": args.prompt}
     answerer = evaluate.HFAnswerer(model, processor, max_new_tokens=args.max_new_tokens,
                                    lam=args.lam, saliency=args.saliency, **prompt)
-    report = evaluate.compare(answerer, records, methods, keeps, seeds=args.seeds,
+    report = evaluate.compare(answerer, records, methods, keep, seeds=args.seeds,
                               progress=not args.no_progress, model=name)
     print(report.table())
     if report.categories():

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from .config import Saliency
+from .report import Budget
 
 
 DEFAULT_QUESTION = "What is the person in the picture wearing?"
@@ -173,20 +174,23 @@ class DemoResult:
 
 
 def run(model, processor, *, image: Any = None, question: str = DEFAULT_QUESTION,
-        keeps: Sequence[Union[int, float]] = (64,), methods: Sequence[str] = ("greedyprune",),
+        keep: Union[Budget, Sequence[Budget], None] = None,
+        methods: Sequence[str] = ("greedyprune",),
         lam: Optional[float] = None, saliency: Saliency = "text",
         out: Optional[str] = "greedyprune-demo.png", repeats: int = 3, max_new_tokens: int = 8,
-        reference: Optional[str] = None, scale: int = 2, print_fn=print) -> DemoResult:
-    """Time the prefill unpruned and pruned by each method at each budget in ``keeps`` (token
-    counts or fractions, as in :func:`greedyprune.evaluate.compare`), answer every way, draw
-    the kept tokens of the first method at the first budget."""
+        reference: Optional[str] = None, scale: int = 2, print_fn=print,
+        keeps: Optional[Sequence[Budget]] = None) -> DemoResult:
+    """Time the prefill unpruned and pruned by each method at each budget in ``keep`` (one or
+    several token counts or fractions, as in :func:`greedyprune.evaluate.compare`; default 64;
+    ``keeps``, its former name, still works and warns), answer every way, draw the kept tokens
+    of the first method at the first budget."""
     import torch
 
-    from .evaluate import HFAnswerer, _check_keeps, budget_arguments, device_synchronizer
+    from .evaluate import HFAnswerer, budget_arguments, budgets, device_synchronizer
     from .hf import attach
     from .viz import draw_record
 
-    keeps = _check_keeps(keeps)
+    keeps = budgets(keep, keeps, "run", default=(64,))
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
     image = sample_image_path() if image is None else image
@@ -220,8 +224,8 @@ def run(model, processor, *, image: Any = None, question: str = DEFAULT_QUESTION
                 if setting is None:
                     seconds = prefill_seconds()
                 else:
-                    method, keep = setting
-                    with attach(model, **budget_arguments(keep), method=method, lam=lam,
+                    method, budget = setting
+                    with attach(model, **budget_arguments(budget), method=method, lam=lam,
                                 saliency=saliency) as handle:
                         seconds = prefill_seconds()
                     records[setting] = handle.last_prefill
@@ -232,14 +236,14 @@ def run(model, processor, *, image: Any = None, question: str = DEFAULT_QUESTION
     answer_unpruned = answerer(image, question).text
     _print_header(reference, answer_unpruned, unpruned, repeats, print_fn)
     runs, picture, tokens_before = [], None, 0
-    for number, (method, keep) in enumerate(settings):
-        record = records[method, keep]
+    for number, (method, budget) in enumerate(settings):
+        record = records[method, budget]
         if record is None:
             raise RuntimeError(f"{type(model).__name__}'s prefill did not reach the pruning hook")
         entry = record.images[0]
-        result = PrunedRun(method, keep, sum(i.tokens_after for i in record.images),
-                           int(record.seq_len_after), min(times[method, keep]),
-                           record.hook_seconds, answerer(image, question, method, keep).text)
+        result = PrunedRun(method, budget, sum(i.tokens_after for i in record.images),
+                           int(record.seq_len_after), min(times[method, budget]),
+                           record.hook_seconds, answerer(image, question, method, budget).text)
         runs.append(result)
         tokens_before = sum(i.tokens_before for i in record.images)
         _print_run(result, tokens_before, sequence_before, unpruned, lam, saliency, print_fn)
@@ -292,7 +296,7 @@ class _seeded:
 
 def main(model_path: Optional[str] = None, *, random_weights: bool = False,
          image: Optional[str] = None, question: Optional[str] = None, seed: int = 0,
-         keeps: Optional[Sequence[Union[int, float]]] = None,
+         keep: Optional[Sequence[Budget]] = None,
          methods: Optional[Sequence[str]] = None, lam: Optional[float] = None,
          saliency: Saliency = "text", out: str = "greedyprune-demo.png", size: str = "demo",
          device: Optional[str] = None, repeats: int = 3, print_fn=print) -> DemoResult:
@@ -314,7 +318,7 @@ def main(model_path: Optional[str] = None, *, random_weights: bool = False,
         else:
             print_fn(f"image:    {image}")
         question = question or "How many circles are there?"
-        keeps = keeps or [16]
+        keep = keep or [16]
         methods = methods or ["greedyprune", "divprune", "random"]
         scale = 3
     else:
@@ -328,10 +332,10 @@ def main(model_path: Optional[str] = None, *, random_weights: bool = False,
                           "public domain)")
         print_fn(f"image:    {shown}")
         question = question or DEFAULT_QUESTION
-        keeps = keeps or [64]
+        keep = keep or [64]
         methods = methods or ["greedyprune"]
     print_fn(f"question: {question}")
-    result = run(model, processor, image=image, question=question, keeps=keeps,
+    result = run(model, processor, image=image, question=question, keep=keep,
                  methods=methods, lam=lam, saliency=saliency, out=out, repeats=repeats,
                  reference=reference, scale=scale, print_fn=print_fn)
     print_fn(f"done in {time.perf_counter() - start:.1f} s")

@@ -6,7 +6,7 @@ questions the same way?". This module answers it on their own data::
     from greedyprune.evaluate import HFAnswerer, compare, load_records
     answerer = HFAnswerer(model, processor)
     report = compare(answerer, load_records("cases.jsonl"), methods=["greedyprune", "random"],
-                     keeps=[64, 128, 192])
+                     keep=[64, 128, 192])
     print(report.table())            # markdown; report.table("csv") for CSV
     report.plot("accuracy.png")      # accuracy (or agreement) vs kept tokens: a Figure, saved
     report.save("results/")          # table, per-answer CSV and plot
@@ -35,12 +35,14 @@ import contextlib
 import dataclasses
 import json
 import re
+import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from .report import UNPRUNED, Report, Result, budget_arguments
+from .report import UNPRUNED, Budget, Report, Result, budget_arguments
 
 __all__ = ["Answer", "HFAnswerer", "Record", "Report", "Result", "Setting", "UNPRUNED",
            "budget_arguments", "compare", "load_records", "normalize_answer", "vqa_accuracy"]
@@ -376,19 +378,22 @@ def compare(
     answerer: Answerer,
     records: Iterable[Union[Record, Dict[str, Any]]],
     methods: Sequence[Union[str, Setting]] = ("greedyprune",),
-    keeps: Sequence[Union[int, float]] = (64, 128, 192),
+    keep: Union[Budget, Sequence[Budget], None] = None,
     *,
     seeds: Sequence[int] = (0,),
     batch_size: int = 1,
     progress: bool = True,
     model: str = "",
+    keeps: Optional[Sequence[Budget]] = None,
 ) -> Report:
     """Answer every record unpruned and under every (method, keep); return a :class:`Report`.
 
     ``records``: :class:`Record` objects or dicts with ``image``, ``question`` and optional
     ``answers`` and ``category``. ``methods``: names from :mod:`greedyprune.methods`, or
-    :class:`Setting` objects that also fix ``lam`` / ``saliency``. ``keeps``: tokens kept per
-    image (ints) or fractions (floats in (0, 1)), not mixed. ``seeds``: the seeds a seeded
+    :class:`Setting` objects that also fix ``lam`` / ``saliency``. ``keep``: the budgets, as
+    :func:`greedyprune.hf.attach` and ``--keep`` take them: tokens kept per image (ints) or
+    fractions (floats in (0, 1)), one or a list, not mixed (default 64, 128 and 192;
+    ``keeps``, its former name, still works and warns). ``seeds``: the seeds a seeded
     method (``random``) runs with; with several, the report gives the mean over all of them and
     the spread (standard deviation) of the per-seed means. ``batch_size`` > 1 answers that
     many records per call through the answerer's ``answer_batch`` (:class:`HFAnswerer` has
@@ -405,7 +410,7 @@ def compare(
     labels = [s.name for s in settings]
     if len(set(labels)) != len(labels):
         raise ValueError(f"methods must have distinct names, got {labels}")
-    keeps = _check_keeps(keeps)
+    keeps = budgets(keep, keeps, "compare", default=(64, 128, 192))
     seeds = _check_seeds(seeds)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -502,33 +507,78 @@ def _result(name, method, keep, answer: Answer, reference: Answer, record: Recor
     )
 
 
-def _check_keeps(keeps) -> List[Union[int, float]]:
-    keeps = list(keeps)
+def budgets(keep: Union[Budget, Sequence[Budget], None], keeps: Optional[Sequence[Budget]],
+            caller: str, default: Sequence[Budget]) -> List[Budget]:
+    """The budgets of a call that takes ``keep`` (one budget or several; None: ``default``),
+    checked; ``keeps``, the argument's former name, is still accepted with a warning."""
+    if keeps is not None:
+        if keep is not None:
+            raise TypeError(f"{caller}() got both keep and keeps, its former name: pass keep")
+        warnings.warn(f"{caller}(keeps=...) is deprecated: pass keep=[...], as attach() and "
+                      "--keep name the budget", DeprecationWarning, stacklevel=3)
+        keep = keeps
+    return check_keep(default if keep is None else keep)
+
+
+def check_keep(keep: Union[Budget, Sequence[Budget]]) -> List[Budget]:
+    """``keep`` as a list of budgets: token counts (ints >= 1) or fractions (floats in (0, 1)),
+    at least one, not mixed; a single budget is a list of one."""
+    keeps = [keep] if isinstance(keep, (int, float, str)) else list(keep)
     if not keeps:
-        raise ValueError("keeps must hold at least one budget")
-    for keep in keeps:
-        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or (
-                isinstance(keep, float) and not 0.0 < keep < 1.0) or (
-                isinstance(keep, int) and keep < 1):
-            raise ValueError("keeps must be token counts (integers >= 1) or fractions (floats "
-                             f"in (0, 1)), got {keep!r}")
+        raise ValueError("keep must hold at least one budget")
+    for one in keeps:
+        if isinstance(one, bool) or not isinstance(one, (int, float)) or (
+                isinstance(one, float) and not 0.0 < one < 1.0) or (
+                isinstance(one, int) and one < 1):
+            raise ValueError("keep must be token counts (integers >= 1) or fractions (floats "
+                             f"in (0, 1)), got {one!r}")
     if len({isinstance(k, float) for k in keeps}) > 1:
-        raise ValueError(f"keeps must be all token counts or all fractions, got {keeps}")
+        raise ValueError(f"keep must be all token counts or all fractions, got {keeps}")
     return keeps
 
 
 @contextlib.contextmanager
 def _progress_bar(total: int, enabled: bool):
+    """One bar for the whole comparison (tqdm; none without it), styled by :func:`_bar_style`."""
     if enabled:
         try:
-            from tqdm.auto import tqdm
+            bar_class, options = _bar_style(sys.stderr)
         except ImportError:
             enabled = False
     if not enabled:
         yield _NoBar()
         return
-    with tqdm(total=total, desc="answering", unit="answer") as bar:
+    with bar_class(total=total, desc="answering", unit="answer", **options) as bar:
         yield bar
+
+
+def _bar_style(stream) -> Tuple[Any, Dict[str, Any]]:
+    """The tqdm class and options for a bar written to ``stream``: in a Jupyter kernel, a widget
+    (with ipywidgets; without, a text bar that Jupyter redraws in place); on a terminal, a bar
+    redrawn in place; on anything else (a log file, a pipe, CI), a line at the start, at most
+    one a minute and one at the end, rather than one every tenth of a second."""
+    from tqdm import tqdm
+
+    if _in_jupyter_kernel():
+        from tqdm.notebook import IProgress, tqdm as notebook_tqdm
+
+        return (notebook_tqdm, {}) if IProgress is not None else (tqdm, {"file": stream})
+    if _is_terminal(stream):
+        return tqdm, {"file": stream, "dynamic_ncols": True}
+    return tqdm, {"file": stream, "mininterval": 60.0, "ascii": True, "ncols": 100}
+
+
+def _in_jupyter_kernel() -> bool:
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 class _NoBar:

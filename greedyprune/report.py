@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 #: The method label of the answers given without pruning.
 UNPRUNED = "unpruned"
 
+#: A budget: visual tokens kept per image (an int) or the kept fraction of them (a float).
+Budget = Union[int, float]
+
 
 def _is_ratio(keep: Any) -> bool:
     return isinstance(keep, float) and 0.0 < keep < 1.0
@@ -189,10 +192,10 @@ class Report:
         when the records have references) against the budget, one line per method, the
         unpruned model dashed; saved as ``path`` (a PNG, or any format matplotlib writes) when
         given. The figure is built without pyplot, so the process's backend and pyplot's
-        current figure stay as they were. Needs matplotlib (``pip install matplotlib``, or the
-        ``greedyprune[viz]`` extra)."""
+        figures stay as they were, and Jupyter shows it inline when it is a cell's value.
+        Needs matplotlib (``pip install matplotlib``, or the ``greedyprune[viz]`` extra)."""
         try:
-            from matplotlib.figure import Figure
+            from ._figure import InlineFigure
         except ImportError:
             raise ImportError("Report.plot needs matplotlib: pip install matplotlib "
                               "(or greedyprune[viz])") from None
@@ -200,7 +203,7 @@ class Report:
             metric = "accuracy" if self.rows and self.rows[0]["accuracy"] is not None else "agreement"
         if metric not in ("accuracy", "agreement"):
             raise ValueError(f"metric must be 'accuracy' or 'agreement', got {metric!r}")
-        figure = Figure(figsize=(6.4, 4.2), dpi=120)
+        figure = InlineFigure(figsize=(6.4, 4.2), dpi=120)
         axes = figure.subplots()
         for method in self.methods:
             points = sorted((row["keep"], row[metric]) for row in self.rows

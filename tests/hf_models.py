@@ -575,7 +575,7 @@ def hook_count(model) -> int:
     """Hooks that greedyprune.hf installed (transformers installs its own, lazily)."""
     from greedyprune.hf import PruneHandle
 
-    return sum(isinstance(getattr(hook, "__self__", None), PruneHandle)
+    return sum(isinstance(getattr(hook, "handle", None), PruneHandle)
                for m in model.modules()
                for hook in [*m._forward_pre_hooks.values(), *m._forward_hooks.values()])
 

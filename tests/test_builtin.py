@@ -37,10 +37,12 @@ def loaded():
 
 @pytest.fixture(scope="module")
 def floor_report(loaded):
+    # Batched (left-padded generate calls): the answers one by one would be the same, as
+    # test_batched_answers_are_the_answers_one_by_one checks.
     model, processor = loaded
     answerer = HFAnswerer(model, processor, max_new_tokens=3, prompt="{question}")
     return compare(answerer, scenes.benchmark(**FLOOR_SET), ["greedyprune", "random"], [144],
-                   progress=False)
+                   progress=False, batch_size=16)
 
 
 def test_checkpoint_is_an_ordinary_small_huggingface_folder(loaded):
@@ -86,8 +88,21 @@ def test_both_prompt_styles_work(loaded):
     records = scenes.benchmark(8, 24)
     for prompt in ("{question}", "{question}\nAnswer the question using a single word or phrase."):
         answerer = HFAnswerer(model, processor, max_new_tokens=3, prompt=prompt)
-        report = compare(answerer, records, [], [1], progress=False)
+        report = compare(answerer, records, [], [1], progress=False, batch_size=24)
         assert report.rows[0]["accuracy"] >= 0.9, (prompt, report.table())   # 1.0 measured
+
+
+def test_batched_answers_are_the_answers_one_by_one(loaded):
+    model, processor = loaded
+    answerer = HFAnswerer(model, processor, max_new_tokens=3, prompt="{question}")
+    records = scenes.benchmark(**FLOOR_SET)[:6]
+    by_setting = {}
+    for batch_size in (1, 6):
+        report = compare(answerer, records, ["greedyprune"], [16], progress=False,
+                         batch_size=batch_size)
+        by_setting[batch_size] = sorted((r.record, r.method, str(r.keep), r.answer)
+                                        for r in report.results)
+    assert by_setting[6] == by_setting[1] and len(by_setting[1]) == 6 * 2
 
 
 def test_training_record_says_what_was_measured():
@@ -101,17 +116,17 @@ def test_training_record_says_what_was_measured():
 
 def test_eval_default_runs_the_built_in_model_end_to_end(tmp_path, capsys):
     out = tmp_path / "eval"
-    assert main(["eval", "--num-questions", "8", "--methods", "greedyprune,random", "--keep",
+    assert main(["eval", "--num-questions", "4", "--methods", "greedyprune,random", "--keep",
                  "12,144", "--seeds", "0,1", "--out", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
-    assert "| unpruned | all | 8 |" in text and "accuracy by category" in text
+    assert "| unpruned | all | 4 |" in text and "accuracy by category" in text
     rows = {(r["method"], r["keep"]): r for r in csv.DictReader(open(out / "summary.csv"))}
     assert float(rows["greedyprune", "144"]["agreement"]) == 1.0
     assert float(rows["random", "12"]["tokens_after"]) == 12
     assert rows["random", "12"]["agreement_sd"] != ""        # two seeds: a spread
     by_category = list(csv.DictReader(open(out / "summary_by_category.csv")))
     assert {r["category"] for r in by_category} == set(scenes.CATEGORIES)
-    assert len(list(csv.DictReader(open(out / "answers.csv")))) == 8 * (1 + 2 + 2 * 2)
+    assert len(list(csv.DictReader(open(out / "answers.csv")))) == 4 * (1 + 2 + 2 * 2)
     assert (out / "plot.png").is_file()
     settings = json.loads((out / "settings.json").read_text())
     assert settings["settings"]["random"]["seeds"] == [0, 1]

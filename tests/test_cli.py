@@ -192,11 +192,11 @@ HUB_ID = "llava-hf/llava-1.5-7b-hf"
 # TMP stands for the places fixture's folder, in the arguments and in the message.
 @pytest.mark.parametrize("argv, message", [
     (["demo", "--repeats", "0"], "argument --repeats: expected a positive integer, got '0'"),
-    (["demo", "--keep", "0"], "argument --keep: keeps must be token counts (integers >= 1) or "
+    (["demo", "--keep", "0"], "argument --keep: keep must be token counts (integers >= 1) or "
                               "fractions (floats in (0, 1)), got 0"),
-    (["eval", "--keep", "1.5"], "argument --keep: keeps must be token counts (integers >= 1) "
+    (["eval", "--keep", "1.5"], "argument --keep: keep must be token counts (integers >= 1) "
                                 "or fractions (floats in (0, 1)), got 1.5"),
-    (["demo", "--keep", "64,0.5"], "argument --keep: keeps must be all token counts or all "
+    (["demo", "--keep", "64,0.5"], "argument --keep: keep must be all token counts or all "
                                    "fractions, got [64, 0.5]"),
     (["eval", "--keep", "a,b"], "argument --keep: expected token counts (64,128) or fractions "
                                 "(0.1,0.25), got 'a'"),
@@ -298,8 +298,8 @@ def test_demo_run_checks_its_arguments_first():
     # No model is touched before the arguments are checked (None would fail at once).
     with pytest.raises(ValueError, match=r"^repeats must be a positive integer, got 0$"):
         demo.run(None, None, repeats=0)
-    with pytest.raises(ValueError, match=r"^keeps must hold at least one budget$"):
-        demo.run(None, None, keeps=[])
+    with pytest.raises(ValueError, match=r"^keep must hold at least one budget$"):
+        demo.run(None, None, keep=[])
 
 
 def _run(command, *args):

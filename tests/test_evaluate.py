@@ -261,6 +261,13 @@ def test_plot_returns_a_figure_and_leaves_pyplot_alone(tmp_path, other_backend):
     assert list(lines["random"].get_xdata()) == [16, 32]
     assert list(lines["random"].get_ydata()) == [report.rows[3]["accuracy"],
                                                  report.rows[4]["accuracy"]]
+    # Shown inline as a picture by IPython's formatter, as a Jupyter kernel does, and still
+    # without pyplot or a backend switch.
+    from IPython.core.formatters import DisplayFormatter
+
+    shown, _ = DisplayFormatter().format(figure)
+    assert shown["image/png"].startswith(b"\x89PNG\r\n") and "text/html" not in shown
+    assert matplotlib.get_backend() == other_backend and plt.get_fignums() == figures_before
     saved = report.plot(tmp_path / "sub" / "agreement.png", metric="agreement")
     assert isinstance(saved, Figure) and matplotlib.get_backend() == other_backend
     with Image.open(tmp_path / "sub" / "agreement.png") as picture:
@@ -274,6 +281,7 @@ def test_plot_without_matplotlib_names_an_extra_that_exists(monkeypatch):
     from pathlib import Path
 
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "greedyprune._figure", raising=False)
     report = compare(Scripted(), cases(), ["random"], [16], progress=False)
     with pytest.raises(ImportError) as error:
         report.plot()
@@ -328,7 +336,7 @@ def test_to_pandas_without_pandas_says_what_to_install(monkeypatch):
      "distinct names"),
 ])
 def test_compare_checks_settings_and_seeds(kwargs, error, words):
-    args = dict(methods=["random"], keeps=[8])
+    args = dict(methods=["random"], keep=[8])
     args.update(kwargs)
     with pytest.raises(error, match=words):
         compare(Optioned(), categorized(), progress=False, **args)
@@ -339,21 +347,77 @@ def test_progress_bar_goes_to_stderr(capsys):
     assert "answering" in capsys.readouterr().err
 
 
+def test_progress_on_a_log_is_a_line_at_the_start_and_one_at_the_end(capsys):
+    # Not a terminal (pytest's capture, a CI log): no redraw every tenth of a second.
+    compare(Scripted(), cases() * 40, ["greedyprune", "random"], [16, 32], progress=True)
+    err = capsys.readouterr().err
+    assert err.count("answering:") == 2 and err.endswith("\n") and err.count("\n") == 1
+    assert " 0/600 " in err and " 600/600 " in err
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_style_follows_where_it_is_shown(monkeypatch):
+    from tqdm import tqdm
+    from tqdm.notebook import IProgress, tqdm as notebook_tqdm
+
+    bar, options = evaluate._bar_style(Terminal())
+    assert bar is tqdm and options["dynamic_ncols"] and "mininterval" not in options
+    bar, options = evaluate._bar_style(io.StringIO())   # a file, a pipe
+    assert bar is tqdm and options["mininterval"] == 60.0
+    assert not evaluate._in_jupyter_kernel()
+    monkeypatch.setattr(evaluate, "_in_jupyter_kernel", lambda: True)
+    bar, options = evaluate._bar_style(io.StringIO())
+    # A widget where ipywidgets is installed; else a text bar that Jupyter redraws in place.
+    assert (bar, options) == ((notebook_tqdm, {}) if IProgress is not None
+                              else (tqdm, {"file": options["file"]}))
+
+
 @pytest.mark.parametrize("kwargs, error, words", [
     (dict(methods=["fastv"]), ValueError, "unknown method 'fastv'"),
-    (dict(keeps=[0]), ValueError, "keeps must be"),
-    (dict(keeps=[1.5]), ValueError, "keeps must be"),
-    (dict(keeps=[16, 0.5]), ValueError, "not mixed|all token counts or all fractions"),
-    (dict(keeps=[]), ValueError, "at least one budget"),
+    (dict(keep=[0]), ValueError, "keep must be"),
+    (dict(keep=[1.5]), ValueError, "keep must be"),
+    (dict(keep=True), ValueError, "keep must be .* got True"),
+    (dict(keep="64"), ValueError, "keep must be .* got '64'"),
+    (dict(keep=[16, 0.5]), ValueError, "not mixed|all token counts or all fractions"),
+    (dict(keep=[]), ValueError, "at least one budget"),
+    (dict(keep=[16], keeps=[16]), TypeError, r"compare\(\) got both keep and keeps"),
     (dict(records=[]), ValueError, "at least one case"),
 ])
 def test_compare_checks_arguments_before_answering(kwargs, error, words):
     answerer = Scripted()
-    args = dict(records=cases(), methods=["greedyprune"], keeps=[16])
+    args = dict(records=cases(), methods=["greedyprune"], keep=[16])
     args.update(kwargs)
     with pytest.raises(error, match=words):
         compare(answerer, args.pop("records"), progress=False, **args)
     assert answerer.calls == []
+
+
+def test_keep_is_the_budget_everywhere_and_keeps_still_works_with_a_warning():
+    # The word attach() and --keep use: one budget or several, by keyword or in place.
+    one = compare(Scripted(), cases(), ["random"], keep=16, progress=False)
+    several = compare(Scripted(), cases(), ["random"], [16, 32], progress=False)
+    assert one.keeps == [16] and several.keeps == [16, 32]
+    assert one.rows == several.rows[:2]
+    with pytest.warns(DeprecationWarning, match=r"compare\(keeps=\.\.\.\) is deprecated: pass "
+                                                r"keep=\[\.\.\.\]"):
+        old = compare(Scripted(), cases(), ["random"], keeps=[16, 32], progress=False)
+    assert old.rows == several.rows
+    assert compare(Scripted(), cases(), progress=False).keeps == [64, 128, 192]  # the default
+
+
+def test_demo_run_takes_keep_and_keeps_with_a_warning():
+    from greedyprune import demo
+
+    # Checked before the model (None) is touched.
+    with pytest.raises(ValueError, match="^keep must be token counts .* got 0$"):
+        demo.run(None, None, keep=0)
+    with pytest.warns(DeprecationWarning, match=r"run\(keeps=\.\.\.\) is deprecated"):
+        with pytest.raises(ValueError, match="^keep must hold at least one budget$"):
+            demo.run(None, None, keeps=[])
 
 
 def test_assert_agreement_passes_and_fails_with_the_changed_cases():

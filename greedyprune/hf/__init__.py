@@ -20,6 +20,15 @@ sequence-level bookkeeping and timings.
 
 What happens (docs/spec.md §5), per architecture, and what is refused: docs/architectures.md.
 
+``torch.compile``: while pruning, ``torch.compile(model)``, ``model.compile()`` or a compiled
+``model.forward`` with the default settings prune exactly as the uncompiled model (the hooks run
+outside the graph, a graph break each); ``fullgraph=True`` is refused by torch.compile (its
+message says to compile without it), and so are static or compilable caches, which
+``generate()``'s ``compile_config`` needs (``ValueError``: use the default dynamic cache). A
+budget that cannot prune as the configuration and shapes show (``keep_ratio=1``, or ``keep`` at
+least the call's sequence length) leaves the compiled graph the plain model's: ``fullgraph=True``,
+static caches and ``compile_config`` all work, and such calls leave ``handle.last`` as it was.
+
 torch and transformers are imported only when :func:`attach` runs: ``import greedyprune.hf``
 costs nothing without them.
 """

@@ -15,6 +15,14 @@ Hooks, all PyTorch handles (nothing in the model is replaced or edited):
   ``mm_encoder_outputs``;
 - on a top-level model, a pre-hook that notes ``labels`` (refused when images lose tokens).
 
+Under ``torch.compile`` every hook is a small gate that the compiler traces. When the budget
+cannot prune the call, as seen from the configuration and the call's shapes alone (a traced
+hook cannot read the data: ``keep_ratio=1``, or ``keep`` at least the call's sequence length,
+and no cache this handle pruned), the gate does nothing, so the compiled graph is the plain
+model's, ``fullgraph=True`` included. Otherwise the gate calls the hook's work, which
+:func:`torch.compiler.disable` keeps out of the graph: a graph break, run eagerly, so pruning
+works as without the compiler, and ``fullgraph=True`` refuses it with :data:`OUTSIDE_GRAPH`.
+
 The mechanics, per architecture, are described in docs/architectures.md.
 """
 from __future__ import annotations
@@ -34,6 +42,26 @@ from ._state import NO_PREFILL_YET, ByIdentity, Call, ThreadState, VisionRun
 
 #: Attribute of the inner model holding its attached handles, the active one last.
 ATTRIBUTE = "_greedyprune_handles"
+
+#: Why torch.compile(..., fullgraph=True) refuses a call that can prune (its graph-break message).
+OUTSIDE_GRAPH = (
+    "greedyprune.hf prunes outside the compiled graph (a graph break), which fullgraph=True "
+    "refuses: compile without fullgraph=True (torch.compile(model) or model.compile() with the "
+    "default settings prune as without the compiler), or detach; a budget that cannot prune "
+    "(keep_ratio=1, or keep at least the sequence length) compiles with fullgraph=True")
+
+_outside_graph = torch.compiler.disable(reason=OUTSIDE_GRAPH)
+
+
+def _sequence_length(args, kwargs) -> Optional[int]:
+    """The sequence length of a model or decoder call, from its shapes (None if not found)."""
+    for name in ("inputs_embeds", "input_ids"):
+        value = kwargs.get(name)
+        if isinstance(value, torch.Tensor) and value.dim() >= 2:
+            return value.shape[1]
+    if args and isinstance(args[0], torch.Tensor) and args[0].dim() >= 2:
+        return args[0].shape[1]
+    return None
 
 
 def _stack(inner) -> List["PruneHandle"]:
@@ -83,6 +111,8 @@ class PruneHandle:
         self._requests = ByIdentity()   # cache object -> Request of the prefill that filled it
         self._handles: List[Any] = []
         self._attached = False
+        self._pruned_a_cache = False    # a prefill filed a Request: decode steps need the hooks
+        self._traced_call_skips = False  # under torch.compile: the inner model's call skipped
         self._pruner = Pruner(spec, self._inner, config, selector, ordered, self._runs,
                               self._thread)
         self._cls_module = (spec.cls_probe(self._inner, {})
@@ -105,31 +135,68 @@ class PruneHandle:
     # --- lifecycle ------------------------------------------------------------------------------
 
     def _install_hooks(self) -> None:
-        inner, decoder = self._inner, self._decoder
+        inner, decoder, gate = self._inner, self._decoder, self._gate
         self._handles = [
-            inner.register_forward_pre_hook(self._before_model, with_kwargs=True),
-            inner.register_forward_hook(self._after_model, with_kwargs=True, always_call=True),
-            decoder.register_forward_pre_hook(self._before_decoder, with_kwargs=True),
-            decoder.register_forward_hook(self._after_decoder, with_kwargs=True, always_call=True),
+            inner.register_forward_pre_hook(gate(self._before_model, opens=True),
+                                            with_kwargs=True),
+            inner.register_forward_hook(gate(self._after_model, opens=False), with_kwargs=True,
+                                        always_call=True),
+            decoder.register_forward_pre_hook(gate(self._before_decoder), with_kwargs=True),
+            decoder.register_forward_hook(gate(self._after_decoder), with_kwargs=True,
+                                          always_call=True),
         ]
         spec = self._spec
         if spec.vision_tower is not None:
             tower = spec.vision_tower(inner)
             self._handles += [
-                tower.register_forward_pre_hook(self._before_vision, with_kwargs=True),
-                tower.register_forward_hook(self._after_vision, always_call=True),
+                tower.register_forward_pre_hook(gate(self._before_vision, vision=True),
+                                                with_kwargs=True),
+                tower.register_forward_hook(gate(self._after_vision, vision=True),
+                                            always_call=True),
             ]
         if spec.projector is not None:
-            self._handles.append(spec.projector(inner).register_forward_hook(self._after_projector))
+            self._handles.append(spec.projector(inner).register_forward_hook(
+                gate(self._after_projector, vision=True)))
         if self._cls_module is not None:
-            self._handles.append(
-                self._cls_module.register_forward_pre_hook(self._before_cls_attention,
-                                                           with_kwargs=True))
+            self._handles.append(self._cls_module.register_forward_pre_hook(
+                gate(self._before_cls_attention, vision=True), with_kwargs=True))
         if self._is_top:
             self._handles += [
-                self.model.register_forward_pre_hook(self._before_top, with_kwargs=True),
-                self.model.register_forward_hook(self._after_top, always_call=True),
+                self.model.register_forward_pre_hook(gate(self._before_top), with_kwargs=True),
+                self.model.register_forward_hook(gate(self._after_top), with_kwargs=True,
+                                                 always_call=True),
             ]
+
+    def _gate(self, work, vision: bool = False, opens: Optional[bool] = None):
+        """The hook registered for ``work`` (see the module docstring): ``work`` itself, except
+        under torch.compile, where nothing happens when the call cannot prune. Hooks on model
+        and decoder calls read the call's sequence length; ``vision`` hooks, which cannot, skip
+        when the inner model's call they run in (``opens`` marks its start and end) skipped."""
+        def hook(module, args, *rest):
+            if torch.compiler.is_compiling():
+                if vision:
+                    skip = self._traced_call_skips or self._cannot_prune(None)
+                else:
+                    skip = self._cannot_prune(_sequence_length(args, rest[0]))
+                    if opens is not None:
+                        self._traced_call_skips = skip and opens
+                if skip:
+                    return None
+            return work(module, args, *rest)
+
+        hook.handle = self  # type: ignore[attr-defined]  # which handle installed the hook
+        return hook
+
+    def _cannot_prune(self, length: Optional[int]) -> bool:
+        """Whether a call of ``length`` tokens certainly leaves every image whole, from the
+        configuration and shapes alone: ``keep_ratio=1``, or ``keep`` at least the length (no
+        image has more tokens than the sequence), and no cache this handle pruned to continue."""
+        if self._pruned_a_cache:
+            return False
+        config = self.config
+        if config.keep_ratio is not None:
+            return config.keep_ratio >= 1
+        return length is not None and config.keep is not None and config.keep >= length
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:
@@ -214,18 +281,18 @@ class PruneHandle:
 
     # --- hooks ----------------------------------------------------------------------------------
 
+    @_outside_graph
     def _before_top(self, module, args, kwargs):
         self._thread.labels = kwargs.get("labels") is not None  # refused if pruning happens
         return None
 
-    def _after_top(self, module, args, output):
+    @_outside_graph
+    def _after_top(self, module, args, kwargs, output):
         self._thread.labels = False
         return None
 
+    @_outside_graph
     def _before_model(self, module, args, kwargs):
-        if torch.compiler.is_compiling():
-            raise RuntimeError("greedyprune.hf hooks cannot run inside torch.compile; "
-                               "compile the model without attaching, or attach without compiling")
         layer = kwargs.get("vision_feature_layer")
         if layer is not None and layer == getattr(module.config, "vision_feature_layer", layer):
             layer = None  # the configured layer, the one the [CLS] hook reads
@@ -242,10 +309,12 @@ class PruneHandle:
         )
         return None
 
+    @_outside_graph
     def _after_model(self, module, args, kwargs, output):
         self._thread.call = None
         return None
 
+    @_outside_graph
     def _before_vision(self, module, args, kwargs):
         # Small keyword arguments only (Qwen2-VL's grid_thw, say): generate() drops them from
         # the model's inputs once it has encoded the images, yet layouts may need them.
@@ -254,6 +323,7 @@ class PruneHandle:
         self._thread.run = VisionRun(tower_kwargs=small)
         return None
 
+    @_outside_graph
     def _after_vision(self, module, args, output):
         state = self._thread
         run = state.run
@@ -271,6 +341,7 @@ class PruneHandle:
             state.call.runs.append(run)
         return None
 
+    @_outside_graph
     def _after_projector(self, module, args, output):
         run = self._thread.run
         if run is None or run.fingerprint is not None or not isinstance(output, torch.Tensor):
@@ -278,6 +349,7 @@ class PruneHandle:
         run.record_fingerprint(output)
         return None
 
+    @_outside_graph
     def _before_cls_attention(self, module, args, kwargs):
         run = self._thread.run
         if run is None:
@@ -289,6 +361,7 @@ class PruneHandle:
         run.cls_seconds += time.perf_counter() - start
         return None
 
+    @_outside_graph
     def _before_decoder(self, module, args, kwargs):
         call = self._thread.call
         embeds = kwargs.get("inputs_embeds")
@@ -306,6 +379,7 @@ class PruneHandle:
         self._thread.pending_request = request
         return None if new is None else (args, new)
 
+    @_outside_graph
     def _after_decoder(self, module, args, kwargs, output):
         state = self._thread
         request, state.pending_request = state.pending_request, None
@@ -318,4 +392,5 @@ class PruneHandle:
             cache = getattr(output, "past_key_values", None)
         if cache is not None:
             self._requests.put(cache, request)
+            self._pruned_a_cache = True
         return None

@@ -121,7 +121,8 @@ class Pruner:
             raise ValueError(
                 f"greedyprune.hf does not support {type(cache).__name__} while it prunes: {why}"
                 "a static or compilable cache writes at unpruned positions; use the default "
-                "dynamic cache")
+                "dynamic cache (no cache_implementation, no compile_config); to compile while "
+                "pruning, compile the model itself: torch.compile(model) or model.compile()")
         head = call.head
         if head is not None and not any(cls.__name__ in self._spec.top_classes
                                         for cls in type(head).__mro__):
