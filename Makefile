@@ -45,10 +45,11 @@ test: $(DEV) ctest
 ctest:
 	bash tests/c/run.sh
 
-# tests/test_soak.py: minutes of use change nothing (memory, objects, hooks, threads, answers);
-# SOAK_SECONDS sets each test's length (30).
+# The tests marked soak, left out of `make test`: tests/test_soak.py (minutes of use change nothing
+# in memory, objects, hooks, threads or answers; SOAK_SECONDS sets each one's length, 30) and the
+# torch.compile test with inductor.
 soak: $(DEV)
-	$(PY) -m pytest -q -m soak tests/test_soak.py
+	$(PY) -m pytest -q -m soak
 
 # The vLLM plugin on a real engine (vLLM's CPU backend), in its own environment .venv-vllm
 # (requirements-vllm.txt; tests_vllm/setup.sh says what it mends). Comparisons with
