@@ -7,8 +7,8 @@ Runs in the vLLM environment (``make test-vllm`` makes it)::
     python benchmarks/bench_vllm.py --from-json benchmarks/results/bench_vllm.json  # table only
 
 Two models: the built-in LLaVA (144 visual tokens per image) and a random-weight model with
-LLaVA-1.5's token geometry (CLIP at 336 px, patch 14: 576 tokens) and narrow layers (the tests'
-"tiny" widths: vLLM's CPU backend took minutes per request at the demo's widths here). For each
+LLaVA-1.5's token geometry (CLIP at 336 px, patch 14: 576 tokens) and the built-in model's
+narrow layers (at the demo's widths vLLM's CPU backend took minutes per round here). For each
 budget an engine starts (vLLM's defaults for the CPU, bfloat16, but in eager mode: compiling
 takes minutes per engine on a small machine) with prefix caching off, then answers rounds of
 requests (48) of one image and one question with one generated token
@@ -42,11 +42,20 @@ CASES = [("built-in", 144, [None, 48, 16], 48), ("random, 576 tokens", 576, [Non
 QUESTION = "What is in the image?\nAnswer the question using a single word or phrase."
 
 
+#: Widths of the random model: the built-in model's tower, a decoder twice as wide (vLLM's CPU
+#: attention needs heads of at least 32 channels).
+WIDTHS = dict(vision=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                          num_attention_heads=4),
+              text=dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+                        num_attention_heads=8))
+
+
 def random_checkpoint(folder: Path) -> Path:
     """A LLaVA-1.5-geometry checkpoint with random weights, saved for vLLM to load."""
     from greedyprune import demo
 
-    demo.random_llava("tiny").save_pretrained(folder)
+    demo.SIZES.setdefault("bench_vllm", WIDTHS)
+    demo.random_llava("bench_vllm").save_pretrained(folder)
     demo.random_llava_processor().save_pretrained(folder)
     return folder
 
@@ -233,6 +242,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.from_json is not None:
         document = json.loads(args.from_json.read_text())
+        args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "bench_vllm.md").write_text(
             markdown(document["rows"], document["environment"], document["positions"]))
         return
