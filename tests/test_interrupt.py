@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import greedyprune
+from util import python_sigint_handler
 
 #: One image takes most of a second here: farthest-point sampling of a quarter of its rows.
 N, D, K = 8192, 64, 2048
@@ -60,18 +61,19 @@ def sigint_latency(x: np.ndarray, threads: int, delay: float):
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     timer = threading.Timer(delay, fire)
-    try:
-        timer.start()
+    with python_sigint_handler():
         try:
-            run_once(x, threads)
-            returned.append(time.monotonic())
-        finally:
-            timer.join()  # the signal is sent by now; a late one raises here or in the sleep
-            time.sleep(0.01)
-    except KeyboardInterrupt:
-        ended = time.monotonic()
-    else:
-        pytest.fail("no KeyboardInterrupt")
+            timer.start()
+            try:
+                run_once(x, threads)
+                returned.append(time.monotonic())
+            finally:
+                timer.join()  # the signal is sent by now; a late one raises here or in the sleep
+                time.sleep(0.01)
+        except KeyboardInterrupt:
+            ended = time.monotonic()
+        else:
+            pytest.fail("no KeyboardInterrupt")
     if returned and returned[0] < sent[0]:
         return None
     assert not returned, f"the call returned {returned[0] - sent[0]:.3f} s after the signal"

@@ -4,7 +4,6 @@ exact ties between rows that point the same way. tests/c/test_core.c covers the 
 from __future__ import annotations
 
 import _thread
-import signal
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ import pytest
 
 import greedyprune
 from greedyprune import _core, reference
+from util import python_sigint_handler
 
 #: Rows of a broadcast view whose work buffers (56 bytes a row) would wrap around size_t.
 HUGE_ROWS = (3 * 2**61 + 1) // 7
@@ -127,17 +127,13 @@ def test_ctrl_c_interrupts_a_long_call_promptly(shape, threads):
     # Uninterrupted, each call takes many seconds (farthest-point sampling of a fifth of the rows).
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     timer = threading.Timer(0.3, _thread.interrupt_main)
-    # Python's own Ctrl-C handler, whatever an earlier test in this process left installed
-    # (interrupt_main does nothing while SIGINT is ignored or left to the system).
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     start = time.perf_counter()
     timer.start()
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with python_sigint_handler(), pytest.raises(KeyboardInterrupt):
             greedyprune.select(x, shape[-2] // 5, lam=0.0, num_threads=threads)
     finally:
         timer.cancel()
-        signal.signal(signal.SIGINT, previous)
     assert time.perf_counter() - start < 2.5
     small = x.reshape(-1, 64)[:50]
     np.testing.assert_array_equal(greedyprune.select(small, 5), reference.select(small, 5))

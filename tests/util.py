@@ -6,7 +6,9 @@ views. Tests loop over them and compare the C core with the NumPy reference.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import signal
 
 import numpy as np
 
@@ -124,3 +126,14 @@ def assert_near_greedy(features, saliency, lam, order, tol=1e-4):
     for step, (g, i) in enumerate(zip(gains, order)):
         assert np.isfinite(g[i]), f"step {step}: index {i} picked twice"
         assert g[i] >= g.max() - tol, f"step {step}: picked {i} with gain {g[i]}, best {g.max()}"
+
+
+@contextlib.contextmanager
+def python_sigint_handler():
+    """Python's own Ctrl-C handler (KeyboardInterrupt) for the block, whatever an earlier test in
+    this process left installed (a signal that is ignored or left to the system never raises)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
