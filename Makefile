@@ -47,9 +47,11 @@ ctest:
 
 # The tests marked soak, left out of `make test`: tests/test_soak.py (minutes of use change nothing
 # in memory, objects, hooks, threads or answers; SOAK_SECONDS sets each one's length, 30) and the
-# torch.compile test with inductor.
+# torch.compile test with inductor, in a process of its own (its compile workers would count as
+# growth in the soak tests' baselines).
 soak: $(DEV)
-	$(PY) -m pytest -q -m soak
+	$(PY) -m pytest -q -m soak tests/test_soak.py
+	$(PY) -m pytest -q -m soak --ignore=tests/test_soak.py
 
 # The vLLM plugin on a real engine (vLLM's CPU backend), in its own environment .venv-vllm
 # (requirements-vllm.txt; tests_vllm/setup.sh says what it mends). Comparisons with
