@@ -175,8 +175,8 @@ class LlavaForConditionalGeneration(_vllm_llava.LlavaForConditionalGeneration):
             saliency = None
             if self._cls_rows is not None:
                 rows = torch.cat(self._cls_rows)
-                patches = rows.shape[1] - features.shape[1]  # the [CLS] column, when dropped
-                saliency = rows[:, patches:]
+                dropped = rows.shape[1] - features.shape[1]  # [CLS], unless a feature
+                saliency = rows[:, dropped:]
         finally:
             self._cls_rows = None
         return prune(features, saliency, config)

@@ -19,6 +19,8 @@ _ANYRES = ("its images are cut into crops whose token counts (row separators inc
            "processor and model each compute on their own")
 _MROPE = ("the kept tokens must keep their M-RoPE positions, which needs vLLM's "
           "multimodal-pruning position path (today used for its own video pruning) for images")
+_SPLIT = ("its images are split into sub-images, each with its own placeholder run and "
+          "separators")
 
 #: Architecture → (vLLM module, why the plugin does not prune it yet).
 ARCHITECTURES: Dict[str, Tuple[str, str]] = {
@@ -30,12 +32,8 @@ ARCHITECTURES: Dict[str, Tuple[str, str]] = {
     "Gemma3ForConditionalGeneration": (
         "gemma3_mm", "its image tokens attend to each other in blocks laid out from the "
                      "unpruned placeholder count"),
-    "Idefics3ForConditionalGeneration": (
-        "idefics3", "its images are split into sub-images, each with its own placeholder run "
-                    "and separators"),
-    "SmolVLMForConditionalGeneration": (
-        "smolvlm", "its images are split into sub-images, each with its own placeholder run "
-                   "and separators"),
+    "Idefics3ForConditionalGeneration": ("idefics3", _SPLIT),
+    "SmolVLMForConditionalGeneration": ("smolvlm", _SPLIT),
 }
 
 
