@@ -156,7 +156,7 @@ def positions(path: str, keeps, questions: int, seed: int, hf_python: str):
     from vllm import LLM, SamplingParams
 
     from greedyprune import scenes
-    from greedyprune.evaluate import SHORT_ANSWER_PROMPT, vqa_accuracy
+    from greedyprune.evaluate import SHORT_ANSWER_PROMPT
 
     asked = scenes.questions(seed, questions)
     with tempfile.TemporaryDirectory() as out:
@@ -182,19 +182,24 @@ def positions(path: str, keeps, questions: int, seed: int, hf_python: str):
         theirs = [hf["" if keep is None else str(keep), f"scenes-{seed}-{i}"]
                   for i in range(questions)]
         rows.append({"keep": keep, "questions": questions,
-                     "vllm": float(np.mean([vqa_accuracy(a, [q.answer]) for a, q in zip(ours, asked)])),
-                     "hf": float(np.mean([vqa_accuracy(a, [q.answer])
-                                          for a, q in zip(theirs, asked)])),
+                     "vllm": _accuracy(ours, asked), "hf": _accuracy(theirs, asked),
                      "agree": float(np.mean([a == b for a, b in zip(ours, theirs)]))})
         print(rows[-1], flush=True)
     return rows
+
+
+def _accuracy(answers, questions) -> float:
+    from greedyprune.evaluate import vqa_accuracy
+
+    return float(np.mean([vqa_accuracy(a, [q.answer]) for a, q in zip(answers, questions)]))
 
 
 def markdown(rows, env, position_rows) -> str:
     lines = [f"vLLM {env['vllm']} (CPU backend, bfloat16, eager mode), {env['cpu']}, "
              f"{env['logical_cpus']} logical CPUs; rounds of 48 requests of one image "
              f"each, one generated token, median of "
-             f"{env['rounds']} rounds; load average at start {env['load_average_at_start'][0]:.1f}.",
+             f"{env['rounds']} rounds; load average at start "
+             f"{env['load_average_at_start'][0]:.1f}.",
              ""]
     lines += harness.table_head(
         ["model", "visual tokens", "prompt tokens", "requests/s", "prompt tokens/s",

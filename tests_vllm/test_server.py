@@ -111,7 +111,8 @@ def test_the_readme_example_runs_as_written():
     """The Python example of README.md's "Serve with vLLM", run as a user would run it."""
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Serve with vLLM"):]
-    code = section[section.index("```python\n") + 10:section.index("```\n", section.index("```python"))]
+    start = section.index("```python\n") + len("```python\n")
+    code = section[start:section.index("```\n", start)]
     environment = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=environment, cwd=ROOT, timeout=900)

@@ -61,8 +61,8 @@ def settings_of(hf_config: Any) -> Optional[PruneConfig]:
                          "this one has a Pixtral tower, whose images vary in size")
     config = _settings.parse(values, has_cls=_has_cls(hf_config), tower=_tower_name(hf_config))
     if config.saliency == "cls":
-        layer = hf_config.vision_feature_layer
-        if not isinstance(layer, int) or layer % (hf_config.vision_config.num_hidden_layers + 1) == 0:
+        layer, depth = hf_config.vision_feature_layer, hf_config.vision_config.num_hidden_layers
+        if not isinstance(layer, int) or layer % (depth + 1) == 0:
             raise ValueError(
                 f"greedyprune setting saliency='cls' needs the features of one encoder layer, "
                 f"but vision_feature_layer is {layer!r}: use saliency='none'")
