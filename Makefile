@@ -77,7 +77,9 @@ fuzz: $(DEV)
 bench: $(DEV)
 	-env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench_select.py
 	$(PY) benchmarks/bench_hf.py
-	$(PY) benchmarks/bench_fidelity.py
+	$(PY) benchmarks/bench_fidelity.py --task scenes
+	-$(PY) benchmarks/bench_fidelity.py --task crowds
+	$(PY) benchmarks/bench_fidelity.py --summary
 	$(PY) benchmarks/update_readme.py
 
 clean:

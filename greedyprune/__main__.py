@@ -108,14 +108,33 @@ def _positive(text: str) -> int:
     return value
 
 
-def _lam(text: str) -> float:
+def _lam_item(text: str) -> Union[float, str]:
+    if text == "auto":
+        return text
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
     if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+        raise ValueError(f"expected numbers in [0, 1] or auto, got {text!r}")
     return value
+
+
+def _lam_list(text: str) -> List[Union[float, str]]:
+    """λ values in [0, 1] or auto, comma-separated."""
+    return _comma_list(text, _lam_item)
+
+
+def _saliency_item(text: str) -> str:
+    from .config import SALIENCY
+
+    if text not in SALIENCY:
+        raise ValueError(f"expected saliency kinds from {', '.join(SALIENCY)}, got {text!r}")
+    return text
+
+
+def _saliency_list(text: str) -> List[str]:
+    return _comma_list(text, _saliency_item)
 
 
 def _text(text: str) -> str:
@@ -241,7 +260,14 @@ def _prog() -> str:
 
 
 def _add_model_options(parser, group=None) -> None:
-    """``--model`` (into ``group`` when given) and ``--device``."""
+    """``--task``, ``--model`` (into ``group`` when given) and ``--device``."""
+    from . import builtin
+
+    parser.add_argument(
+        "--task", choices=list(builtin.TASKS),
+        help=f"built-in task: its model and its generated questions (default "
+             f"{next(iter(builtin.TASKS))}; crowds: 12-16 mostly small objects on a background "
+             "of several regions, more than a small budget can keep)")
     (group or parser).add_argument(
         "--model", metavar="PATH", type=_checkpoint,
         help="local checkpoint folder (model and processor files, as save_pretrained writes "
@@ -254,9 +280,11 @@ def _add_model_options(parser, group=None) -> None:
 
 def _add_pruning_options(parser, *, methods_default: str, keep_default: str) -> None:
     """``--methods``, ``--keep``, ``--lam``, ``--saliency``: the same options in every command;
-    defaults that depend on the command are None here and described by the two strings."""
+    defaults that depend on the command are None here and described by the two strings.
+    ``--lam`` and ``--saliency`` are lists (a sweep) for ``eval``; ``demo`` takes one value of
+    each."""
     from . import methods
-    from .hf import DEFAULT_LAM, SALIENCY
+    from .hf import DEFAULT_LAM, DEFAULT_SALIENCY, SALIENCY
 
     parser.add_argument(
         "--methods", "--method", dest="methods", metavar="NAMES", type=_method_list,
@@ -267,13 +295,16 @@ def _add_pruning_options(parser, *, methods_default: str, keep_default: str) -> 
         help="visual tokens kept per image, comma-separated: token counts (64,128) or "
              f"fractions of each image's tokens (0.1,0.25) (default {keep_default})")
     parser.add_argument(
-        "--lam", type=_lam,
-        help="weight of saliency against diversity for greedyprune, in [0, 1] (default "
-             f"{DEFAULT_LAM}: diversity only)")
+        "--lam", metavar="LAMS", type=_lam_list,
+        help="weight of saliency against diversity for greedyprune, in [0, 1], or auto (by the "
+             "kept fraction of each image's tokens); eval takes a comma-separated list and runs "
+             f"each (default {DEFAULT_LAM})")
     parser.add_argument(
-        "--saliency", default="text", choices=SALIENCY,
-        help="where each token's relevance comes from, for greedyprune (when --lam > 0), topk "
-             "and cdpruner; none: diversity only (default text)")
+        "--saliency", metavar="KINDS", type=_saliency_list,
+        help=f"where each token's relevance comes from ({', '.join(SALIENCY)}), for greedyprune "
+             "(when --lam > 0), topk and cdpruner; none: diversity only; eval takes a "
+             "comma-separated list and runs every --lam with each, beside the other methods "
+             f"(default {DEFAULT_SALIENCY})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -354,18 +385,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_pruning(args: argparse.Namespace, methods: List[str]) -> None:
-    """Checks that span options: what --saliency none allows."""
+    """Checks that span options: what --saliency none allows; one --lam and one --saliency in
+    the demo; --task only where a built-in model or generated questions are used."""
     from . import methods as registry
 
-    if args.saliency != "none":
+    if args.task is not None and args.model is not None and getattr(args, "data", None):
+        args.error("argument --task: has no effect with both --model and --data")
+    if args.command == "demo":
+        for name in ("lam", "saliency"):
+            if getattr(args, name) is not None and len(getattr(args, name)) > 1:
+                args.error(f"argument --{name}: demo takes one value; eval compares several")
+    if args.saliency != ["none"]:
         return
-    if args.lam:
+    if args.lam and any(v not in (0, "auto") for v in args.lam):
         args.error(f"argument --lam: has no effect with --saliency none (diversity only), "
-                   f"got {args.lam}")
+                   f"got {','.join(str(v) if v == 'auto' else f'{v:g}' for v in args.lam)}")
     needy = [name for name in methods if registry.needs_saliency(name)]
     if needy:
         args.error(f"argument --saliency: method {', '.join(needy)} needs saliency; choose "
                    f"text, cls or query, or leave {', '.join(needy)} out of --methods")
+
+
+def _check_builtin(args: argparse.Namespace, task: str) -> None:
+    """The task's built-in model is in this installation (where no --model replaces it)."""
+    from . import builtin
+
+    if args.model is None and not getattr(args, "random_weights", False):
+        try:
+            builtin.path(task)
+        except FileNotFoundError as error:
+            args.error(f"argument --task: {error}; or pass --model")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -373,26 +422,36 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "demo":
         from . import demo
 
+        from .hf import DEFAULT_SALIENCY
+
         _check_pruning(args, args.methods or [])
+        if args.task is not None and (args.model is not None or args.random_weights):
+            args.error("argument --task: picks a built-in model; it has no effect with "
+                       + ("--model" if args.model is not None else "--random-weights"))
+        _check_builtin(args, args.task or "scenes")
         demo.main(args.model, random_weights=args.random_weights, image=args.image,
                   question=args.question, seed=args.seed, keep=args.keep,
-                  methods=args.methods, lam=args.lam, saliency=args.saliency, out=args.out,
-                  size=args.model_size, device=args.device, repeats=args.repeats)
+                  methods=args.methods, lam=(args.lam or [None])[0],
+                  saliency=(args.saliency or [DEFAULT_SALIENCY])[0], out=args.out,
+                  size=args.model_size, device=args.device, repeats=args.repeats,
+                  task=args.task or "scenes")
         return 0
 
     from . import evaluate
 
     methods = args.methods or EVAL_METHODS
     _check_pruning(args, methods)
+    task = args.task or "scenes"
+    _check_builtin(args, task)
     if args.data is not None:
         try:
             records = evaluate.load_records(args.data, limit=args.limit)
         except (OSError, ValueError) as error:  # a bad data file is a usage error, not a crash
             args.error(f"argument --data: {error}")
     else:
-        from . import scenes
+        from . import builtin
 
-        records = scenes.benchmark(args.seed, args.num_questions)[:args.limit]
+        records = builtin.task(task).benchmark(args.seed, args.num_questions)[:args.limit]
     if args.model is not None:
         from .demo import load_local
 
@@ -401,14 +460,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         from . import builtin
 
-        model, processor = builtin.load(args.device)
-        name = "built-in scenes model"
-    keep = args.keep or ([6, 12, 24, 48] if args.model is None else [64, 128, 192])
+        model, processor = builtin.load(task, args.device)
+        name = f"built-in {task} model"
+    keep = args.keep or ([6, 12, 16, 24, 48] if args.model is None else [64, 128, 192])
     prompt = {} if args.prompt is None else {"prompt": args.prompt}
+    # One λ and one saliency configure the answerer (the report names the methods alone);
+    # several make a sweep, each configuration labelled with its values.
+    sweep = len(args.lam or []) > 1 or len(args.saliency or []) > 1
+    single = {} if sweep else {"lam": (args.lam or [None])[0],
+                               **({"saliency": args.saliency[0]} if args.saliency else {})}
     answerer = evaluate.HFAnswerer(model, processor, max_new_tokens=args.max_new_tokens,
-                                   lam=args.lam, saliency=args.saliency, **prompt)
+                                   **single, **prompt)
+    swept = {"lam": args.lam, "saliency": args.saliency} if sweep else {}
     report = evaluate.compare(answerer, records, methods, keep, seeds=args.seeds,
-                              progress=not args.no_progress, model=name)
+                              progress=not args.no_progress, model=name, **swept)
     print(report.table())
     if report.categories():
         print("accuracy by category (agreement with the unpruned answer):")

@@ -1,18 +1,23 @@
-"""The built-in model: a small LLaVA trained from scratch on :mod:`greedyprune.scenes`.
+"""The built-in models: small LLaVAs trained from scratch, one per built-in task.
 
-An ordinary HuggingFace checkpoint folder shipped inside the package, so it loads with
-transformers' own API and needs no download::
+Two tasks (:data:`TASKS`): :mod:`greedyprune.scenes` (the default: 2–6 objects on a plain
+background) and :mod:`greedyprune.crowds` (12–16 mostly small objects on a background of several
+regions: more to see than a small budget can keep). Each model is an ordinary HuggingFace
+checkpoint folder shipped inside the package, so it loads with transformers' own API and needs
+no download::
 
     from transformers import AutoProcessor, LlavaForConditionalGeneration
     from greedyprune import builtin
     model = LlavaForConditionalGeneration.from_pretrained(builtin.path())
     processor = AutoProcessor.from_pretrained(builtin.path())
-    # or, in one call, in eval mode: model, processor = builtin.load()
+    # or, in one call, in eval mode: model, processor = builtin.load()   # or load("crowds")
 
-Architecture (:func:`config`): a CLIP vision tower (192-pixel images, 16-pixel patches, so 12 × 12 =
-144 visual tokens), LLaVA's two-layer GELU projector and a Llama decoder; a word-level tokenizer
-built in code (:func:`tokenizer`) and a chat template in LLaVA-1.5's ``USER: ... ASSISTANT:``
-format. It answers :mod:`greedyprune.scenes` questions with one word. ``training/train_scenes.py`` in the repository trains it from scratch.
+Architecture (:func:`config`): a CLIP vision tower (192-pixel images, 16-pixel patches, so
+12 × 12 = 144 visual tokens), LLaVA's two-layer GELU projector and a Llama decoder; a
+word-level tokenizer built in code (:func:`tokenizer`) and a chat template in LLaVA-1.5's
+``USER: ... ASSISTANT:`` format. The two models share that architecture, tokenizer and
+processor; each answers its task's questions with one word. ``training/train_scenes.py --task
+NAME`` in the repository trains one from scratch.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from typing import Any, Optional, Tuple
 
 from . import scenes
 
-__all__ = ["CHAT_TEMPLATE", "config", "load", "path", "processor", "tokenizer"]
+__all__ = ["CHAT_TEMPLATE", "TASKS", "config", "load", "path", "processor", "task", "tokenizer"]
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
@@ -45,27 +50,44 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 
-# The shipped checkpoint's folder inside the package.
-_FOLDER = "scenes-llava"
+#: The built-in tasks (the first is the default) and their checkpoints' folders in the package.
+TASKS = {"scenes": "scenes-llava", "crowds": "crowds-llava"}
 
 
-def path() -> Path:
-    """The folder of the shipped checkpoint (``config.json``, ``model.safetensors``, processor
-    files); FileNotFoundError if this installation lacks it."""
-    folder = Path(str(resources.files("greedyprune") / "data" / _FOLDER))
+def _task_name(name: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"task must be a str, got {type(name).__name__}")
+    if name not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {name!r}")
+    return name
+
+
+def task(name: str = "scenes"):
+    """The module of a built-in task: :mod:`greedyprune.scenes` or :mod:`greedyprune.crowds`
+    (each has ``benchmark``, ``questions``, ``mentioned``, ``CATEGORIES``)."""
+    from importlib import import_module
+
+    return import_module(f"greedyprune.{_task_name(name)}")
+
+
+def path(task: str = "scenes") -> Path:
+    """The folder of the task's shipped checkpoint (``config.json``, ``model.safetensors``,
+    processor files, ``training.json``); FileNotFoundError if this installation lacks it."""
+    folder = Path(str(resources.files("greedyprune") / "data" / TASKS[_task_name(task)]))
     if not (folder / "model.safetensors").is_file():
         raise FileNotFoundError(
-            f"the built-in model is missing from {folder}; reinstall greedyprune, or train it "
-            "with training/train_scenes.py from the repository")
+            f"the built-in {task} model is not in this installation ({folder} has no "
+            f"model.safetensors): train it with training/train_scenes.py --task {task} from the "
+            f"repository")
     return folder
 
 
-def load(device: Optional[str] = None) -> Tuple[Any, Any]:
-    """``(model, processor)`` of the shipped checkpoint, the model in eval mode on ``device``
-    (default: the CPU)."""
+def load(task: str = "scenes", device: Optional[str] = None) -> Tuple[Any, Any]:
+    """``(model, processor)`` of the task's shipped checkpoint, the model in eval mode on
+    ``device`` (default: the CPU)."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    folder = path()
+    folder = path(task)
     model = LlavaForConditionalGeneration.from_pretrained(folder, local_files_only=True)
     return model.to(device or "cpu").eval(), AutoProcessor.from_pretrained(
         folder, local_files_only=True)

@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from .config import Saliency
+from .config import DEFAULT_SALIENCY, Saliency
 from .report import Budget
 
 
@@ -114,9 +114,9 @@ def describe_random_llava(model) -> str:
             f"Its answers are meaningless; token counts, timings and the picture are real.")
 
 
-def describe_builtin(model) -> str:
-    return (f"the built-in model, a LLaVA trained from scratch on generated scenes (shipped "
-            f"with the package): {_geometry(model)}; {_millions(model):.1f}M parameters")
+def describe_builtin(model, task: str = "scenes") -> str:
+    return (f"the built-in {task} model, a LLaVA trained from scratch on generated {task} "
+            f"(shipped with the package): {_geometry(model)}; {_millions(model):.1f}M parameters")
 
 
 def _geometry(model) -> str:
@@ -176,7 +176,7 @@ class DemoResult:
 def run(model, processor, *, image: Any = None, question: str = DEFAULT_QUESTION,
         keep: Union[Budget, Sequence[Budget], None] = None,
         methods: Sequence[str] = ("greedyprune",),
-        lam: Optional[float] = None, saliency: Saliency = "text",
+        lam: Optional[Union[float, str]] = None, saliency: Saliency = DEFAULT_SALIENCY,
         out: Optional[str] = "greedyprune-demo.png", repeats: int = 3, max_new_tokens: int = 8,
         reference: Optional[str] = None, scale: int = 2, print_fn=print,
         keeps: Optional[Sequence[Budget]] = None) -> DemoResult:
@@ -297,24 +297,27 @@ class _seeded:
 def main(model_path: Optional[str] = None, *, random_weights: bool = False,
          image: Optional[str] = None, question: Optional[str] = None, seed: int = 0,
          keep: Optional[Sequence[Budget]] = None,
-         methods: Optional[Sequence[str]] = None, lam: Optional[float] = None,
-         saliency: Saliency = "text", out: str = "greedyprune-demo.png", size: str = "demo",
-         device: Optional[str] = None, repeats: int = 3, print_fn=print) -> DemoResult:
-    """The ``demo`` command: the built-in model on a generated scene (default), a local
-    checkpoint (``model_path``) or a random-weight model (``random_weights``, or the test-only
-    ``size="tiny"``) on a shipped photo; then :func:`run`."""
+         methods: Optional[Sequence[str]] = None, lam: Optional[Union[float, str]] = None,
+         saliency: Saliency = DEFAULT_SALIENCY, out: str = "greedyprune-demo.png",
+         size: str = "demo",
+         device: Optional[str] = None, repeats: int = 3, task: str = "scenes",
+         print_fn=print) -> DemoResult:
+    """The ``demo`` command: a built-in model on a generated picture of its ``task`` (default),
+    a local checkpoint (``model_path``) or a random-weight model (``random_weights``, or the
+    test-only ``size="tiny"``) on a shipped photo; then :func:`run`."""
     start = time.perf_counter()
     reference, scale = None, 2
     if model_path is None and not random_weights and size == "demo":
-        from . import builtin, scenes
+        from . import builtin
 
-        model, processor = builtin.load(device)
-        print_fn(f"model:    {describe_builtin(model)}")
+        model, processor = builtin.load(task, device)
+        print_fn(f"model:    {describe_builtin(model, task)}")
         if image is None:
-            record = scenes.benchmark(seed, len(scenes.CATEGORIES))[seed % len(scenes.CATEGORIES)]
+            kinds = builtin.task(task).CATEGORIES
+            record = builtin.task(task).benchmark(seed, len(kinds))[seed % len(kinds)]
             image, question = record.image, question or record.question
             reference = record.answers[0] if record.answers else None
-            print_fn(f"image:    a generated scene (seed {seed}; --seed picks another)")
+            print_fn(f"image:    a generated {task} picture (seed {seed}; --seed picks another)")
         else:
             print_fn(f"image:    {image}")
         question = question or "How many circles are there?"

@@ -44,7 +44,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 
 from .report import UNPRUNED, Budget, Report, Result, budget_arguments
 
-__all__ = ["Answer", "HFAnswerer", "Record", "Report", "Result", "Setting", "UNPRUNED",
+__all__ = ["Answer", "HFAnswerer", "Record", "Report", "Result", "Setting", "UNPRUNED", "sweep",
            "budget_arguments", "compare", "load_records", "normalize_answer", "vqa_accuracy"]
 
 #: LLaVA-1.5's prompt for short-answer VQA (its VQAv2 / GQA evaluation prompt).
@@ -180,7 +180,7 @@ class Setting:
     (default: the method, followed by the options that are set)."""
 
     method: str
-    lam: Optional[float] = None
+    lam: Optional[Union[float, str]] = None
     saliency: Optional[str] = None
     label: str = ""
 
@@ -253,17 +253,18 @@ class HFAnswerer:
     """
 
     def __init__(self, model: Any, processor: Any, *, max_new_tokens: int = 16,
-                 prompt: str = SHORT_ANSWER_PROMPT, lam: Optional[float] = None,
-                 saliency: str = "text",
+                 prompt: str = SHORT_ANSWER_PROMPT, lam: Optional[Union[float, str]] = None,
+                 saliency: Optional[str] = None,
                  seed: int = 0) -> None:
         self.model = model
         self.processor = processor
         self.max_new_tokens = int(max_new_tokens)
         self.prompt = prompt
-        if lam is None:  # attach's default, spelled out so that reprs and reports show it
-            from .hf import DEFAULT_LAM
+        from .config import DEFAULT_LAM, DEFAULT_SALIENCY
 
-            lam = DEFAULT_LAM
+        # attach's defaults, spelled out so that reprs and reports show them
+        lam = DEFAULT_LAM if lam is None else lam
+        saliency = DEFAULT_SALIENCY if saliency is None else saliency
         self.attach_options: Dict[str, Any] = dict(lam=lam, saliency=saliency, seed=seed)
         self.last: tuple = ()
 
@@ -374,12 +375,83 @@ def _load_image(image: Any) -> Any:
 # --- the comparison ---------------------------------------------------------------------------
 
 
+def sweep(methods: Sequence[Union[str, Setting]],
+          lam: Union[float, str, Sequence[Union[float, str]], None] = None,
+          saliency: Union[str, Sequence[str], None] = None) -> List[Setting]:
+    """The configurations of a sweep: each method named in ``methods`` once per value of
+    ``lam`` and ``saliency`` it uses, labelled with them, in the order given. ``greedyprune``
+    runs the cross product of ``lam`` × ``saliency`` (``"greedyprune λ=0.25 cls"``), except that
+    ``saliency="none"`` (diversity only, where λ has no effect) is one configuration,
+    ``"greedyprune none"``; the other methods that read saliency (``topk``, ``cdpruner``) run
+    once per saliency (``"topk cls"``; ``topk`` skips none, which it cannot run with); those
+    that ignore it (:func:`greedyprune.methods.uses_saliency`), and :class:`Setting` objects,
+    as they are. None leaves
+    an option to the answerer (one configuration, labelled with the method alone)."""
+    from . import methods as registry
+    from .config import SALIENCY
+
+    lams = None if lam is None else [_sweep_lam(v) for v in _as_list(lam, "lam", (int, float, str))]
+    kinds = None if saliency is None else _as_list(saliency, "saliency", (str,))
+    for kind in kinds or []:
+        if kind not in SALIENCY:
+            raise ValueError(f"saliency must hold values from {', '.join(map(repr, SALIENCY))}, "
+                             f"got {kind!r}")
+    chosen: List[Setting] = []
+    for method in methods:
+        if isinstance(method, Setting):
+            chosen.append(method)
+            continue
+        name = _method_name(method)
+        registry.get(name)
+        if name == "greedyprune" and (lams is not None or kinds is not None):
+            for kind in kinds or [None]:
+                if kind == "none":
+                    chosen.append(Setting(name, 0.0, "none", "greedyprune none"))
+                    continue
+                for value in (lams or [None]):
+                    label = " ".join(part for part in (
+                        name, None if value is None else f"λ={value:g}" if value != "auto"
+                        else "λ=auto", kind) if part)
+                    chosen.append(Setting(name, value, kind, label))
+        elif registry.uses_saliency(name) and kinds is not None:
+            if kinds == ["none"] and registry.needs_saliency(name):
+                raise ValueError(f"method {name!r} needs saliency: add 'text', 'cls' or 'query' "
+                                 "to saliency, or leave it out of methods")
+            chosen += [Setting(name, saliency=kind, label=f"{name} {kind}") for kind in kinds
+                       if kind != "none" or not registry.needs_saliency(name)]
+        else:
+            chosen.append(Setting(name))
+    return chosen
+
+
+def _sweep_lam(value):
+    from ._validate import check_lam
+
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"lam must hold numbers in [0, 1] or 'auto', got {value!r}")
+        return value
+    return check_lam(value)
+
+
+def _as_list(value, name: str, types: tuple) -> list:
+    values = [value] if isinstance(value, types) else list(value)
+    if not values or any(isinstance(v, bool) or not isinstance(v, types) for v in values):
+        raise TypeError(f"{name} must be one value or a non-empty list of them, got {value!r}")
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{name} holds {', '.join(repeated)} more than once")
+    return values
+
+
 def compare(
     answerer: Answerer,
     records: Iterable[Union[Record, Dict[str, Any]]],
     methods: Sequence[Union[str, Setting]] = ("greedyprune",),
     keep: Union[Budget, Sequence[Budget], None] = None,
     *,
+    lam: Union[float, str, Sequence[Union[float, str]], None] = None,
+    saliency: Union[str, Sequence[str], None] = None,
     seeds: Sequence[int] = (0,),
     batch_size: int = 1,
     progress: bool = True,
@@ -390,7 +462,10 @@ def compare(
 
     ``records``: :class:`Record` objects or dicts with ``image``, ``question`` and optional
     ``answers`` and ``category``. ``methods``: names from :mod:`greedyprune.methods`, or
-    :class:`Setting` objects that also fix ``lam`` / ``saliency``. ``keep``: the budgets, as
+    :class:`Setting` objects that also fix ``lam`` / ``saliency``. ``lam`` and ``saliency``
+    (one value or a list) sweep the methods that use them, each configuration labelled in the
+    report: ``lam=[0, 0.25], saliency=["cls", "query"]`` runs four greedyprune configurations
+    (:func:`sweep` says which); None leaves them to the answerer. ``keep``: the budgets, as
     :func:`greedyprune.hf.attach` and ``--keep`` take them: tokens kept per image (ints) or
     fractions (floats in (0, 1)), one or a list, not mixed (default 64, 128 and 192;
     ``keeps``, its former name, still works and warns). ``seeds``: the seeds a seeded
@@ -404,7 +479,7 @@ def compare(
     cases = [r if isinstance(r, Record) else Record(**r) for r in records]
     if not cases:
         raise ValueError("records must hold at least one case")
-    settings = [m if isinstance(m, Setting) else Setting(_method_name(m)) for m in methods]
+    settings = sweep(methods, lam, saliency)
     for setting in settings:
         registry.get(setting.method)  # an unknown name fails now, not after the unpruned pass
     labels = [s.name for s in settings]

@@ -29,7 +29,7 @@ Registered selectors:
 
 Add one with :func:`register` (for a ``with`` block only: :func:`registered`); look one up with
 :func:`get`; list them with :func:`names`; ask whether one needs saliency with
-:func:`needs_saliency`.
+:func:`needs_saliency`, whether it reads it at all with :func:`uses_saliency`.
 torch is never imported here: a tensor is recognized only if torch was already imported.
 
 Threads: the NumPy matrix products here (``divprune``'s nearest neighbours, ``cdpruner``) run
@@ -71,6 +71,7 @@ DEFAULT = "greedyprune"
 
 _REGISTRY: Dict[str, Selector] = {}
 _NEEDS_SALIENCY: Dict[str, bool] = {}
+_USES_SALIENCY: Dict[str, bool] = {}
 
 # Rows of the (chunk × N) similarity block computed at once by `divprune`: about 4M entries
 # (32 MB in float64) whatever N is, so memory stays O(N·chunk), never N×N.
@@ -86,8 +87,8 @@ _CDPRUNER_FLOOR = 1e-6
 _CDPRUNER_SPAN_TOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 
 
-def register(name: str, *, wrap: bool = True,
-             needs_saliency: bool = False) -> Callable[[Kernel], Selector]:
+def register(name: str, *, wrap: bool = True, needs_saliency: bool = False,
+             uses_saliency: bool = True) -> Callable[[Kernel], Selector]:
     """Decorator that registers a selector under ``name`` (replacing any previous one).
 
     With ``wrap=True`` (the default) the decorated function receives NumPy inputs already
@@ -99,13 +100,16 @@ def register(name: str, *, wrap: bool = True,
 
     ``needs_saliency=True`` declares that the selector cannot work without saliency: the
     wrapped selector then refuses ``saliency=None``, and ``greedyprune.hf.attach`` refuses
-    ``saliency="none"`` with it (see :func:`needs_saliency`).
+    ``saliency="none"`` with it (see :func:`needs_saliency`). ``uses_saliency=False`` declares
+    that it ignores saliency, so that a sweep over saliency kinds
+    (:func:`greedyprune.evaluate.sweep`) runs it once.
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty string, got {name!r}")
 
     def decorator(kernel: Kernel) -> Selector:
         _NEEDS_SALIENCY[name] = bool(needs_saliency)
+        _USES_SALIENCY[name] = bool(uses_saliency or needs_saliency)
         if not wrap:
             _REGISTRY[name] = cast(Selector, kernel)
             return cast(Selector, kernel)
@@ -149,16 +153,18 @@ def registered(name: str, selector: Selector, *, needs_saliency: bool = False) -
     ``name`` inside the ``with`` block only, e.g. a recording wrapper for a demo or a
     benchmark; whatever was registered under ``name`` before is back afterwards. Yields
     ``name``."""
-    previous, previous_needs = _REGISTRY.get(name), _NEEDS_SALIENCY.get(name, False)
+    previous = (_REGISTRY.get(name), _NEEDS_SALIENCY.get(name), _USES_SALIENCY.get(name))
     register(name, wrap=False, needs_saliency=needs_saliency)(selector)
     try:
         yield name
     finally:
-        if previous is None:
+        if previous[0] is None:
             _REGISTRY.pop(name, None)
             _NEEDS_SALIENCY.pop(name, None)
+            _USES_SALIENCY.pop(name, None)
         else:
-            _REGISTRY[name], _NEEDS_SALIENCY[name] = previous, previous_needs
+            _REGISTRY[name] = previous[0]
+            _NEEDS_SALIENCY[name], _USES_SALIENCY[name] = bool(previous[1]), bool(previous[2])
 
 
 def ordered(name: str, *, backend: Backend = "auto") -> Optional[Selector]:
@@ -184,6 +190,13 @@ def needs_saliency(name: str) -> bool:
     naming the known ones for an unknown name."""
     get(name)
     return _NEEDS_SALIENCY[name]
+
+
+def uses_saliency(name: str) -> bool:
+    """Whether the selector registered as ``name`` reads saliency (``divprune``, ``random`` and
+    ``uniform`` do not); ValueError naming the known ones for an unknown name."""
+    get(name)
+    return _USES_SALIENCY[name]
 
 
 def names() -> List[str]:
@@ -215,7 +228,7 @@ def topk(x, k, s, *, lam, seed):
     return np.argsort(-s, axis=-1, kind="stable")[:, :k]
 
 
-@register("divprune")
+@register("divprune", uses_saliency=False)
 def divprune(x, k, s, *, lam, seed):
     """Max-min diversity, starting from the token farthest from its nearest neighbour."""
     with blas_threads(_pairwise_work(x)):
@@ -360,7 +373,7 @@ def _row_keys(rows: np.ndarray) -> np.ndarray:
     return rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
 
 
-@register("random")
+@register("random", uses_saliency=False)
 def random(x, k, s, *, lam, seed):
     """A uniformly random k-subset; the same (seed, N, k) always gives the same subset."""
     # One generator per image, seeded identically, so an image's picks do not depend on its
@@ -370,7 +383,7 @@ def random(x, k, s, *, lam, seed):
                      for _ in range(len(x))])
 
 
-@register("uniform")
+@register("uniform", uses_saliency=False)
 def uniform(x, k, s, *, lam, seed):
     """The middle token of each of k equal stretches: index ⌊(2i + 1)·N / 2k⌋ for i < k."""
     n = x.shape[1]

@@ -27,14 +27,14 @@ on any machine.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .evaluate import Record
 
 __all__ = ["CATEGORIES", "COLOURS", "SHAPES", "SIZES", "Question", "Scene", "Thing", "ask",
-           "benchmark",
+           "balanced", "benchmark", "draw",
            "generate", "image", "mentioned", "patch_labels", "questions", "render", "vocabulary"]
 
 CELL = 16                  # pixels per grid cell = the vision tower's patch size
@@ -91,6 +91,10 @@ class Scene:
     things: Tuple[Thing, ...]
     texture_seed: int
 
+    def render(self) -> np.ndarray:
+        """Its picture as a (192, 192, 3) uint8 array (:func:`render`)."""
+        return render(self)
+
 
 # --- shapes as pixel masks, in integer arithmetic ---------------------------------------------
 
@@ -134,10 +138,15 @@ def _texture(rng: np.random.Generator) -> np.ndarray:
 def render(scene: Scene) -> np.ndarray:
     """The scene's picture as a (192, 192, 3) uint8 array."""
     rng = np.random.default_rng(scene.texture_seed)
-    image = _texture(rng)
-    for thing in scene.things:
+    return draw(_texture(rng), scene.things, _MASKS, rng)
+
+
+def draw(image: np.ndarray, things: Sequence[Thing], masks, rng: np.random.Generator) -> np.ndarray:
+    """Paint the objects on a background (``masks[shape, size]``: each one's pixel mask, inset
+    by a margin in its cells), each colour jittered from ``rng``; as uint8."""
+    for thing in things:
         colour = np.array(COLOURS[thing.colour]) + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, 3)
-        mask = _MASKS[thing.shape, thing.size]
+        mask = masks[thing.shape, thing.size]
         top, left = thing.row * CELL + _MARGIN, thing.col * CELL + _MARGIN
         region = image[top:top + len(mask), left:left + len(mask)]
         region[mask] = colour
@@ -145,10 +154,10 @@ def render(scene: Scene) -> np.ndarray:
 
 
 def image(scene: Scene):
-    """The scene's picture as a PIL image."""
+    """The scene's picture as a PIL image (a scene of any task: its own ``render``)."""
     from PIL import Image
 
-    return Image.fromarray(render(scene), "RGB")
+    return Image.fromarray(scene.render(), "RGB")
 
 
 def patch_labels(scene: Scene) -> Dict[str, np.ndarray]:
@@ -174,10 +183,12 @@ def patch_labels(scene: Scene) -> Dict[str, np.ndarray]:
 
 
 class _Board:
-    """Free cells of the grid; a placed object blocks its cells and a one-cell ring around."""
+    """Free cells of the grid; a placed object blocks its cells and a one-cell ring around.
+    ``sides`` gives an object's side in cells by size, ``thing`` the class of what it places."""
 
-    def __init__(self) -> None:
+    def __init__(self, sides: Dict[str, int] = SIDES, thing: type = Thing) -> None:
         self.blocked = np.zeros((GRID + 2, GRID + 2), dtype=bool)  # padded by one
+        self.sides, self.thing = sides, thing
 
     def fits(self, row: int, col: int, n: int) -> bool:
         return 0 <= row <= GRID - n and 0 <= col <= GRID - n and \
@@ -185,12 +196,12 @@ class _Board:
 
     def place(self, rng, shape, colour, size, where=None) -> Optional[Thing]:
         """Put an object at a random free spot (``where(row, col)`` must accept it)."""
-        n = SIDES[size]
+        n = self.sides[size]
         for _ in range(200):
             row, col = (int(v) for v in rng.integers(0, GRID - n + 1, size=2))
             if self.fits(row, col, n) and (where is None or where(row, col)):
                 self.blocked[row:row + n + 2, col:col + n + 2] = True
-                return Thing(shape, colour, size, row, col)
+                return self.thing(shape, colour, size, row, col)
         return None
 
 
@@ -202,9 +213,11 @@ def _size(rng) -> str:
     return _pick(rng, SIZES)
 
 
-def _fill(rng, board: _Board, things: List[Optional[Thing]], total: int, allowed) -> None:
-    """Add random objects until there are ``total``; ``allowed(shape, colour)`` filters them.
-    (colour, shape) pairs stay distinct within a scene, so "the red circle" names one object."""
+def _fill(rng, board: _Board, things: List[Optional[Thing]], total: int, allowed,
+          draw_size=_size) -> None:
+    """Add random objects until there are ``total``; ``allowed(shape, colour)`` filters them,
+    ``draw_size(rng)`` sizes them. (colour, shape) pairs stay distinct within a scene, so "the
+    red circle" names one object."""
     placed = [t for t in things if t is not None]
     if len(placed) < len(things):  # a placement failed: the caller starts over
         return
@@ -216,17 +229,19 @@ def _fill(rng, board: _Board, things: List[Optional[Thing]], total: int, allowed
         if any(t.shape == shape and t.colour == colour for t in placed) or \
                 not allowed(shape, colour):
             continue
-        thing = board.place(rng, shape, colour, _size(rng))
+        thing = board.place(rng, shape, colour, draw_size(rng))
         if thing is not None:
             things.append(thing)
             placed.append(thing)
 
 
-def _question(rng, category: str, count_range: Tuple[int, int], variant: Optional[int]):
+def _question(rng, category: str, count_range: Tuple[int, int], variant: Optional[int],
+              board: Optional[_Board] = None, draw_size=_size):
     """One (things, question, answer) of the category, or None when placement failed.
     ``variant`` (None: random) fixes what is asked: the attribute, whether the answer is yes,
-    or the count."""
-    board = _Board()
+    or the count. ``board`` (default: this task's) and ``draw_size`` let another task reuse the
+    existence and spatial questions with its own objects."""
+    board = board or _Board()
     total = int(rng.integers(count_range[0], count_range[1] + 1))
     colours = list(COLOURS)
     things: List[Optional[Thing]] = []   # None: a placement failed
@@ -250,14 +265,14 @@ def _question(rng, category: str, count_range: Tuple[int, int], variant: Optiona
         shape, colour = _pick(rng, SHAPES), _pick(rng, colours)
         present = bool(rng.integers(2)) if variant is None else variant % 2 == 0
         if present:
-            things.append(board.place(rng, shape, colour, _size(rng)))
+            things.append(board.place(rng, shape, colour, draw_size(rng)))
         else:
             # Hard negatives: the colour and the shape are both there, on other objects.
             others_c = [c for c in colours if c != colour]
             others_s = [s for s in SHAPES if s != shape]
-            things.append(board.place(rng, _pick(rng, others_s), colour, _size(rng)))
-            things.append(board.place(rng, shape, _pick(rng, others_c), _size(rng)))
-        _fill(rng, board, things, total, lambda s, c: (s, c) != (shape, colour))
+            things.append(board.place(rng, _pick(rng, others_s), colour, draw_size(rng)))
+            things.append(board.place(rng, shape, _pick(rng, others_c), draw_size(rng)))
+        _fill(rng, board, things, total, lambda s, c: (s, c) != (shape, colour), draw_size)
         question, answer = f"Is there a {colour} {shape}?", "yes" if present else "no"
     elif category == "count":
         shape = _pick(rng, SHAPES)
@@ -271,22 +286,22 @@ def _question(rng, category: str, count_range: Tuple[int, int], variant: Optiona
         holds = bool(rng.integers(2)) if variant is None else variant % 2 == 0
         pairs = [(s, c) for s in SHAPES for c in colours]
         first, second = (pairs[i] for i in rng.choice(len(pairs), size=2, replace=False))
-        a = board.place(rng, first[0], first[1], _size(rng))
+        a = board.place(rng, first[0], first[1], draw_size(rng))
         things.append(a)
         if a is not None:
             # The relation compares centres, at least two cells apart on its axis.
             sign = {"left of": -1, "right of": 1, "above": -1, "below": 1}[relation]
             sign = sign if holds else -sign
             axis_col = relation in ("left of", "right of")
-            size = _size(rng)
-            half = SIDES[size] / 2
+            size = draw_size(rng)
+            half = board.sides[size] / 2
 
             def where(row, col):
                 mine = (col if axis_col else row) + half
                 theirs = a.centre[1] if axis_col else a.centre[0]
                 return sign * (theirs - mine) >= 2
             things.append(board.place(rng, second[0], second[1], size, where))
-        _fill(rng, board, things, total, lambda s, c: True)
+        _fill(rng, board, things, total, lambda s, c: True, draw_size)
         question = f"Is the {first[1]} {first[0]} {relation} the {second[1]} {second[0]}?"
         answer = "yes" if holds else "no"
     else:
@@ -334,31 +349,48 @@ def ask(rng: np.random.Generator, scene: Scene) -> Tuple[str, str, str]:
                 t = _pick(rng, things)
                 return f"What size is the {t.colour} {t.shape}?", t.size, category
         elif category == "existence":
-            if rng.integers(2):
-                t = _pick(rng, things)
-                return f"Is there a {t.colour} {t.shape}?", "yes", category
-            absent = [(s, c) for s in SHAPES for c in COLOURS
-                      if not any((t.shape, t.colour) == (s, c) for t in things)]
-            # Half of the time a hard negative where there is one: the colour and the shape
-            # are both in the scene, on other objects.
-            hard = [(s, c) for s, c in absent if any(t.shape == s for t in things)
-                    and any(t.colour == c for t in things)]
-            shape, colour = _pick(rng, hard if hard and rng.integers(2) else absent)
-            return f"Is there a {colour} {shape}?", "no", category
+            return ask_existence(rng, things) + (category,)
         elif category == "count":
             shape = _pick(rng, things).shape
             count = sum(t.shape == shape for t in things)
             return f"How many {PLURALS[shape]} are there?", str(count), category
-        elif len(things) >= 2:
-            i, j = (int(v) for v in rng.choice(len(things), size=2, replace=False))
-            a, b = things[i], things[j]
-            relation = _pick(rng, RELATIONS)
-            axis = 1 if relation in ("left of", "right of") else 0
-            gap = a.centre[axis] - b.centre[axis]
-            if abs(gap) >= 2:
-                holds = gap < 0 if relation in ("left of", "above") else gap > 0
-                return (f"Is the {a.colour} {a.shape} {relation} the {b.colour} {b.shape}?",
-                        "yes" if holds else "no", category)
+        else:
+            made = ask_spatial(rng, things)
+            if made is not None:
+                return made + (category,)
+
+
+def ask_existence(rng: np.random.Generator, things: Sequence[Thing]) -> Tuple[str, str]:
+    """(question, answer) of a random existence question about the objects: yes half of the
+    time; a no is, half of the time where there is one, a hard negative (its colour and its
+    shape are in the scene, on other objects)."""
+    if rng.integers(2):
+        t = _pick(rng, things)
+        return f"Is there a {t.colour} {t.shape}?", "yes"
+    absent = [(s, c) for s in SHAPES for c in COLOURS
+              if not any((t.shape, t.colour) == (s, c) for t in things)]
+    hard = [(s, c) for s, c in absent if any(t.shape == s for t in things)
+            and any(t.colour == c for t in things)]
+    shape, colour = _pick(rng, hard if hard and rng.integers(2) else absent)
+    return f"Is there a {colour} {shape}?", "no"
+
+
+def ask_spatial(rng: np.random.Generator, things: Sequence[Thing]) -> Optional[Tuple[str, str]]:
+    """(question, answer) of a random relation between two of the objects, or None when the
+    two drawn are less than two cells apart on the relation's axis (or there are fewer than
+    two objects)."""
+    if len(things) < 2:
+        return None
+    i, j = (int(v) for v in rng.choice(len(things), size=2, replace=False))
+    a, b = things[i], things[j]
+    relation = _pick(rng, RELATIONS)
+    axis = 1 if relation in ("left of", "right of") else 0
+    gap = a.centre[axis] - b.centre[axis]
+    if abs(gap) < 2:
+        return None
+    holds = gap < 0 if relation in ("left of", "above") else gap > 0
+    return (f"Is the {a.colour} {a.shape} {relation} the {b.colour} {b.shape}?",
+            "yes" if holds else "no")
 
 
 @dataclass(frozen=True)
@@ -379,18 +411,26 @@ class Question:
 def questions(seed: int = 0, n: int = 400) -> List[Question]:
     """The questions behind :func:`benchmark` (scenes included, for analyses that need to know
     where the objects are)."""
+    # A stream of its own: the key after the seed keeps these scenes apart from the training
+    # streams, which use other keys.
+    return balanced(generate, CATEGORIES, seed, n, 0x62656E6368)
+
+
+def balanced(make: Callable[..., Tuple[Scene, str, str]], categories: Sequence[str], seed: int,
+             n: int, key: int) -> List[Question]:
+    """``n`` questions from ``make(rng, category, variant=...)`` (a task's ``generate``), the
+    categories in turn and the variants counting up within each, from the stream
+    ``(seed, key)``."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
-    # A stream of its own: the key after the seed keeps these scenes apart from the training
-    # streams, which use other keys.
-    rng = np.random.default_rng([int(seed), 0x62656E6368])
+    rng = np.random.default_rng([int(seed), key])
     made = []
     for i in range(int(n)):
-        category = CATEGORIES[i % len(CATEGORIES)]
-        variant = i // len(CATEGORIES)
-        made.append(Question(*generate(rng, category, variant=variant), category=category))
+        category = categories[i % len(categories)]
+        variant = i // len(categories)
+        made.append(Question(*make(rng, category, variant=variant), category=category))
     return made
 
 

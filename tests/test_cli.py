@@ -89,6 +89,25 @@ def test_eval_command_end_to_end(checkpoint, tmp_path, capsys):
         assert plot.format == "PNG"
 
 
+def test_eval_sweeps_every_lam_with_every_saliency(checkpoint, tmp_path, capsys):
+    Image.new("RGB", (64, 48), (30, 30, 200)).save(tmp_path / "blue.png")
+    data = tmp_path / "cases.jsonl"
+    data.write_text(json.dumps({"image": "blue.png", "question": "What color is it?",
+                                "answers": ["blue"]}))
+    out = tmp_path / "results"
+    assert main(["eval", "--model", str(checkpoint), "--data", str(data), "--keep", "16",
+                 "--methods", "greedyprune,topk,divprune", "--lam", "0,0.5", "--saliency",
+                 "cls,query", "--out", str(out), "--max-new-tokens", "2", "--no-progress"]) == 0
+    rows = list(csv.DictReader(open(out / "summary.csv")))
+    assert [r["method"] for r in rows] == [
+        "unpruned", "greedyprune λ=0 cls", "greedyprune λ=0.5 cls", "greedyprune λ=0 query",
+        "greedyprune λ=0.5 query", "topk cls", "topk query", "divprune"]
+    described = json.loads((out / "settings.json").read_text())["settings"]
+    assert (described["greedyprune λ=0.5 query"]["lam"],
+            described["greedyprune λ=0.5 query"]["saliency"]) == (0.5, "query")
+    assert described["topk cls"]["saliency"] == "cls"
+
+
 def test_demo_runs_every_method_at_every_budget(capsys, tmp_path):
     # Fractions as in eval; --lam and --saliency as in eval.
     assert main(["demo", "--model-size", "tiny", "--keep", "0.1,0.25", "--method",
@@ -118,7 +137,8 @@ def test_defaults_are_the_realistic_ones():
     args = build_parser().parse_args(["demo"])
     # None: chosen by model (16 of the built-in model's 144 tokens, 64 of LLaVA-1.5's 576).
     assert (args.model_size, args.keep, args.methods, args.model) == ("demo", None, None, None)
-    assert (args.lam, args.saliency, args.repeats) == (None, "text", 3)
+    # None: the package's defaults (greedyprune.hf.DEFAULT_LAM, DEFAULT_SALIENCY).
+    assert (args.lam, args.saliency, args.repeats, args.task) == (None, None, 3, None)
     assert not args.random_weights
     widths = demo.SIZES["demo"]
     assert widths["text"]["num_hidden_layers"] >= 8 and widths["text"]["hidden_size"] >= 1024
@@ -144,8 +164,8 @@ def test_every_option_has_help():
                 assert action.help and action.help.strip(), action.option_strings
 
 
-@pytest.mark.parametrize("option", ["--model", "--device", "--methods", "--method", "--keep",
-                                    "--lam", "--saliency"])
+@pytest.mark.parametrize("option", ["--task", "--model", "--device", "--methods", "--method",
+                                    "--keep", "--lam", "--saliency"])
 def test_demo_and_eval_share_option_definitions(option):
     commands = _commands(build_parser())
     demo_action, eval_action = (commands[name]._option_string_actions[option]
@@ -160,7 +180,11 @@ def test_demo_and_eval_parse_pruning_options_alike(command):
     args = build_parser().parse_args([command, "--method", "topk,random", "--keep", "0.1,0.25",
                                       "--lam", "0.5", "--saliency", "query"])
     assert (args.methods, args.keep, args.lam, args.saliency) == (
-        ["topk", "random"], [0.1, 0.25], 0.5, "query")
+        ["topk", "random"], [0.1, 0.25], [0.5], ["query"])
+    args = build_parser().parse_args([command, "--lam", "0, 0.25,1,auto", "--saliency",
+                                      "cls,query", "--task", "crowds"])
+    assert (args.lam, args.saliency, args.task) == ([0.0, 0.25, 1.0, "auto"], ["cls", "query"],
+                                                    "crowds")
     args = build_parser().parse_args([command, "--methods", " divprune ", "--keep", "64,128"])
     assert (args.methods, args.keep) == (["divprune"], [64, 128])
 
@@ -202,8 +226,21 @@ HUB_ID = "llava-hf/llava-1.5-7b-hf"
                                 "(0.1,0.25), got 'a'"),
     (["eval", "--keep", "64,64"], "argument --keep: 64 given more than once in '64,64'"),
     (["demo", "--keep", ","], "argument --keep: expected a comma-separated list, got ','"),
-    (["demo", "--lam", "nan"], "argument --lam: expected a number in [0, 1], got 'nan'"),
-    (["eval", "--lam", "2"], "argument --lam: expected a number in [0, 1], got '2'"),
+    (["demo", "--lam", "nan"], "argument --lam: expected numbers in [0, 1] or auto, got 'nan'"),
+    (["eval", "--lam", "2"], "argument --lam: expected numbers in [0, 1] or auto, got '2'"),
+    (["eval", "--lam", "0,0.5,0"], "argument --lam: 0 given more than once in '0,0.5,0'"),
+    (["eval", "--saliency", "cls,attention"], "argument --saliency: expected saliency kinds "
+                                              "from text, cls, query, none, got 'attention'"),
+    (["demo", "--lam", "0,0.5"], "argument --lam: demo takes one value; eval compares several"),
+    (["demo", "--saliency", "cls,query"], "argument --saliency: demo takes one value; eval "
+                                          "compares several"),
+    (["eval", "--saliency", "none", "--lam", "0,0.5", "--methods", "greedyprune"],
+     "argument --lam: has no effect with --saliency none (diversity only), got 0,0.5"),
+    (["eval", "--task", "photos"], "argument --task: invalid choice: 'photos' (choose from "
+                                   "'scenes', 'crowds')"),
+    (["demo", "--task", "crowds", "--random-weights"], "argument --task: picks a built-in "
+                                                       "model; it has no effect with "
+                                                       "--random-weights"),
     (["demo", "--method", "nope"], "argument --methods/--method: unknown method 'nope'; known "
                                    "methods: greedyprune, topk, divprune, cdpruner, random, "
                                    "uniform"),
@@ -326,4 +363,4 @@ def test_usage_names_the_command_as_invoked(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.startswith("usage: greedyprune eval [-h]")
     assert bad.stderr.splitlines()[-1] == ("greedyprune eval: error: argument --lam: expected "
-                                           "a number in [0, 1], got '2'")
+                                           "numbers in [0, 1] or auto, got '2'")

@@ -342,6 +342,50 @@ def test_compare_checks_settings_and_seeds(kwargs, error, words):
         compare(Optioned(), categorized(), progress=False, **args)
 
 
+def test_compare_sweeps_lam_and_saliency_and_labels_each_configuration():
+    answerer = Optioned()
+    report = compare(answerer, categorized()[:1], ["greedyprune", "topk", "divprune"], [8],
+                     lam=[0.25, 0.5], saliency=["cls", "none", "query"], progress=False)
+    assert report.methods == ["greedyprune λ=0.25 cls", "greedyprune λ=0.5 cls",
+                              "greedyprune none", "greedyprune λ=0.25 query",
+                              "greedyprune λ=0.5 query", "topk cls", "topk query", "divprune"]
+    assert answerer.calls[1:] == [
+        ("greedyprune", 8, {"lam": 0.25, "saliency": "cls"}),
+        ("greedyprune", 8, {"lam": 0.5, "saliency": "cls"}),
+        ("greedyprune", 8, {"lam": 0.0, "saliency": "none"}),
+        ("greedyprune", 8, {"lam": 0.25, "saliency": "query"}),
+        ("greedyprune", 8, {"lam": 0.5, "saliency": "query"}),
+        ("topk", 8, {"saliency": "cls"}), ("topk", 8, {"saliency": "query"}), ("divprune", 8, {})]
+    rows = {r["method"]: r["accuracy"] for r in report.rows}
+    assert rows["greedyprune λ=0.25 cls"] == 0.0 and rows["greedyprune λ=0.5 cls"] == 1.0
+    assert report.config("greedyprune λ=0.25 query", 8) == PruneConfig(keep=8, lam=0.25,
+                                                                         saliency="query")
+    # One value is a sweep of one; None leaves the option to the answerer.
+    assert [s.name for s in evaluate.sweep(["greedyprune"], lam=0.5)] == ["greedyprune λ=0.5"]
+    assert [s.name for s in evaluate.sweep(["greedyprune", "cdpruner"], saliency="text")] == [
+        "greedyprune text", "cdpruner text"]
+    assert [s.name for s in evaluate.sweep(["greedyprune", "topk"])] == ["greedyprune", "topk"]
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    (dict(lam=[0.5, 1.5]), ValueError, r"lam must be in \[0, 1\], got 1.5"),
+    (dict(lam=[]), TypeError, "lam must be one value or a non-empty list of them"),
+    (dict(lam=["0.5"]), ValueError, r"lam must hold numbers in \[0, 1\] or 'auto', got '0.5'"),
+    (dict(lam=[None]), TypeError, "lam must be one value or a non-empty list of them"),
+    (dict(lam=[0.5, 0.5]), ValueError, "lam holds 0.5 more than once"),
+    (dict(saliency=["cls", "attention"]), ValueError,
+     "saliency must hold values from 'text', 'cls', 'query', 'none', got 'attention'"),
+    (dict(saliency="none", methods=["topk"]), ValueError, "method 'topk' needs saliency"),
+])
+def test_a_bad_sweep_is_refused_before_any_answer(kwargs, error, words):
+    answerer = Optioned()
+    args = dict(methods=["greedyprune", "topk"], keep=[8])
+    args.update(kwargs)
+    with pytest.raises(error, match=words):
+        compare(answerer, categorized(), progress=False, **args)
+    assert answerer.calls == []
+
+
 def test_progress_bar_goes_to_stderr(capsys):
     compare(Scripted(), cases()[:1], ["random"], [16], progress=True)
     assert "answering" in capsys.readouterr().err

@@ -103,12 +103,27 @@ def test_prune_config_is_accepted_validated_and_round_trips():
             (dict(keep=0), ValueError, "keep must be >= 1"),
             (dict(keep=3, keep_ratio=0.5), ValueError, "exactly one of keep"),
             (dict(keep=3, lam=2), ValueError, "lam must be in"),
+            (dict(keep=3, lam="AUTO"), ValueError, "lam must be a number in \\[0, 1\\] or 'auto', "
+                                                   "got 'AUTO'"),
+            (dict(keep=3, lam=[0.5]), TypeError, "lam must be a real number"),
             (dict(keep=3, saliency="CLS"), ValueError, "saliency must be one of"),
             (dict(keep=3, method="nope"), ValueError, "unknown method 'nope'"),
             (dict(keep=3, seed=-1), ValueError, "seed must be a non-negative integer"),
             (dict(keep=3, method="topk", saliency="none"), ValueError, "needs saliency")]:
         with pytest.raises(error, match=message):
             PruneConfig(**bad)
+    auto = PruneConfig(keep=3, lam="auto", saliency="cls")
+    assert PruneConfig.from_dict(json.loads(json.dumps(auto.to_dict()))) == auto
+    for saliency, steps in greedyprune.config.AUTO_LAM.items():
+        config = auto.replace(saliency=saliency)
+        for largest, lam in steps:   # at and just above each step of the table
+            kept = int(largest * 10000)
+            assert config.lam_for(kept, 10000) == lam
+            assert config.lam_for(kept + 1, 10000) != lam or lam == 0.0
+        assert config.lam_for(9999, 10000) == 0.0    # above the table: diversity only
+    for saliency in ("text", "none"):   # not in the table: diversity only
+        assert auto.replace(saliency=saliency).lam_for(1, 10000) == 0.0
+    assert PruneConfig(keep=3, lam=0.4).lam_for(1, 100) == 0.4
     with pytest.raises(TypeError, match="unknown PruneConfig fields: budget"):
         PruneConfig.from_dict({"keep": 3, "budget": 3})
     assert greedyprune.PruneConfig is PruneConfig

@@ -245,6 +245,30 @@ def test_no_lam_warning_for_the_default_or_where_lam_matters_or_is_unused():
     assert hook_count(model) == 0
 
 
+def test_lam_auto_prunes_each_image_with_the_lam_of_its_kept_fraction(monkeypatch):
+    from greedyprune import config as config_module
+
+    model = tiny("llava").model
+    inputs, _ = batch("llava")
+    # A table with a step inside the tiny model's 16 tokens per image: λ 0.75 up to 25%.
+    monkeypatch.setattr(config_module, "AUTO_LAM", {"text": ((0.25, 0.75),)})
+    seen = []
+
+    def recording(features, k, saliency=None, *, lam=0.5, seed=0):
+        seen.append((k, lam))
+        return methods.get("greedyprune")(features, k, saliency, lam=lam, seed=seed)
+
+    with methods.registered("_recording", recording) as name:
+        for keep, lam in ((4, 0.75), (5, 0.0)):   # 4/16 and 5/16 of the tokens
+            with attach(model, keep=keep, lam="auto", saliency="text", method=name) as auto:
+                logits(model, inputs)
+            with attach(model, keep=keep, lam=lam, saliency="text") as fixed:
+                logits(model, inputs)
+            assert [r.kept.tolist() for r in auto.last] == [r.kept.tolist() for r in fixed.last]
+            assert {lam_seen for _, lam_seen in seen} == {lam} and auto.lam == "auto"
+            seen.clear()
+
+
 def test_supported_models_come_from_the_table():
     from greedyprune.hf import _archs
 

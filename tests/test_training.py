@@ -13,11 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "training" / "train_scenes.py"
 
 
-def train(out, export, steps):
+def train(out, export, steps, *task):
     run = subprocess.run(
         [sys.executable, str(SCRIPT), "--steps", str(steps), "--batch", "2", "--eval-every", "1",
          "--checkpoint-every", "1", "--easy-steps", "1", "--compare-from", "1", "--relation-from", "1",
-         "--final-questions", "4", "--threads", "1", "--out", str(out), "--export", str(export)],
+         "--final-questions", "4", "--threads", "1", "--out", str(out), "--export", str(export),
+         *task],
         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     return run.stdout
@@ -39,6 +40,25 @@ def test_trains_checkpoints_resumes_and_exports(tmp_path):
     processor = AutoProcessor.from_pretrained(export)
     assert model.config.vision_config.image_size == 192
     assert processor.chat_template
+
+
+def test_the_crowds_task_trains_from_its_own_recipe(tmp_path):
+    out, export = tmp_path / "run", tmp_path / "model"
+    train(out, export, 1, "--task", "crowds")
+    record = json.loads((export / "training.json").read_text())
+    assert record["task"] == "crowds" and record["recipe"]["objects"] == [8, 16]
+    assert set(record["benchmark"]["by_category"]) <= {"attribute", "existence", "spatial"}
+
+
+def test_each_task_has_its_recipe_and_the_command_line_overrides_it(script):
+    args = script.parse_args([])
+    assert (args.task, args.steps, args.compare_from, args.relation_from) == (
+        "scenes", 4500, 1190, 2145)    # the recipe of the shipped scenes model
+    assert args.export.endswith("greedyprune/data/scenes-llava")
+    args = script.parse_args(["--task", "crowds", "--steps", "7"])
+    assert (args.steps, args.objects, args.easy_objects) == (7, (8, 16), (3, 8))
+    assert args.export.endswith("greedyprune/data/crowds-llava")
+    assert args.out.endswith("training/run-crowds")
 
 
 @pytest.fixture(scope="module")

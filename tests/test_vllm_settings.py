@@ -27,6 +27,14 @@ def test_saliency_defaults_to_what_the_tower_has(has_cls, expected):
     assert config == PruneConfig(keep=48, saliency=expected)
 
 
+def test_lam_auto_is_a_setting():
+    # tests_vllm/test_pruned.py checks what it prunes, in vLLM's own environment.
+    config = _settings.parse({"keep": 6, "lam": "auto"}, has_cls=True, tower="T")
+    assert config == PruneConfig(keep=6, lam="auto", saliency="cls")
+    with pytest.raises(ValueError, match="lam must be a number in \\[0, 1\\] or 'auto'"):
+        _settings.parse({"keep": 6, "lam": "automatic"}, has_cls=True, tower="T")
+
+
 def test_every_prune_config_field_is_a_setting():
     values = {"keep_ratio": 0.25, "method": "greedyprune", "lam": 0.5, "saliency": "none",
               "seed": 7, "backend": "torch"}

@@ -105,3 +105,15 @@ def test_nonfinite_image_is_refused_and_the_engine_serves_on(llm):
                        "multi_modal_data": {"image": image}}], sampling())
     (output,) = llm.generate(requests([question]), sampling())
     assert output.outputs[0].text.strip() == question.answer
+
+
+def test_lam_auto_prunes_each_image_with_the_lam_of_its_kept_fraction():
+    from greedyprune import PruneConfig
+    from greedyprune.vllm import _llava
+
+    features = torch.randn(2, 144, 8, generator=torch.Generator().manual_seed(0))
+    saliency = torch.rand(2, 144, generator=torch.Generator().manual_seed(1))
+    for keep, lam in ((6, 0.25), (48, 0.0)):   # 4% and 33% of 144, with cls saliency
+        auto = _llava.prune(features, saliency, PruneConfig(keep=keep, lam="auto", saliency="cls"))
+        fixed = _llava.prune(features, saliency, PruneConfig(keep=keep, lam=lam, saliency="cls"))
+        assert torch.equal(auto, fixed)

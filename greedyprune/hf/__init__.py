@@ -37,18 +37,19 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, List, Optional, Union
 
-from ..config import DEFAULT_LAM, SALIENCY, Backend, PruneConfig, Saliency
+from ..config import DEFAULT_LAM, DEFAULT_SALIENCY, SALIENCY, Backend, PruneConfig, Saliency
 from ._records import ImageRecord, PatchGrid, PrefillRecord
 
 if TYPE_CHECKING:
     from ._handle import PruneHandle
 
 __all__ = ["attach", "detach", "get_handle", "supported_models", "PruneConfig", "PruneHandle",
-           "ImageRecord", "PatchGrid", "PrefillRecord", "SALIENCY", "DEFAULT_LAM"]
+           "ImageRecord", "PatchGrid", "PrefillRecord", "SALIENCY", "DEFAULT_LAM",
+           "DEFAULT_SALIENCY"]
 
 
 def attach(model, keep: Union[int, PruneConfig, None] = None, *,
-           keep_ratio: Optional[float] = None, lam: Optional[float] = None,
+           keep_ratio: Optional[float] = None, lam: Optional[Union[float, str]] = None,
            saliency: Optional[Saliency] = None, method: Optional[str] = None,
            seed: Optional[int] = None, backend: Optional[Backend] = None) -> "PruneHandle":
     """Prune visual tokens in every forward and ``generate()`` call of ``model``.
@@ -62,12 +63,14 @@ def attach(model, keep: Union[int, PruneConfig, None] = None, *,
         arguments then override its fields.
     keep_ratio : float, optional
         Fraction of each image's tokens kept, in (0, 1]; rounded up, at least one token.
-    lam : float, optional
+    lam : float or "auto", optional
         Weight of saliency against diversity, in [0, 1] (docs/spec.md §1); None (the default) means
         :data:`DEFAULT_LAM`, 0: diversity only, which kept a trained model's answers best from
-        8% of the tokens up; at 4% ``lam=0.25`` with ``saliency="cls"`` did better. With
-        ``saliency="none"`` there is no saliency to weigh: passing a ``lam`` other than 0 to
-        method "greedyprune" then warns (every ``lam < 1`` keeps the same tokens, and
+        8% of the tokens up; at 4% ``lam=0.25`` with ``saliency="cls"`` did better.
+        ``"auto"``: λ per image by its saliency and kept fraction (docs/spec.md §7), e.g. 0.25
+        with ``saliency="cls"`` up to 8.5% of the tokens and 0 above. With
+        ``saliency="none"`` there is no saliency to weigh: passing a ``lam`` other than 0 or
+        "auto" to method "greedyprune" then warns (every ``lam < 1`` keeps the same tokens, and
         ``lam = 1`` leaves all gains at 0, keeping the first ``k`` tokens).
     saliency : {"text", "cls", "query", "none"}, optional
         Where relevance comes from (default ``"text"``): ``"text"``, the cosine of each visual
@@ -103,7 +106,8 @@ def attach(model, keep: Union[int, PruneConfig, None] = None, *,
     if config.saliency == "cls" and spec.cls_probe is None:
         raise ValueError(f"saliency='cls' needs a vision tower with a [CLS] token, which "
                          f"{spec.name} does not have: use saliency='text' or 'none'")
-    if config.lam != 0 and config.saliency == "none" and config.method == "greedyprune":
+    if config.lam not in (0, "auto") and config.saliency == "none" and \
+            config.method == "greedyprune":
         # ŝ = 0 without saliency, so the gain is (1 − λ)·m: λ < 1 only rescales it, and λ = 1
         # zeroes it, so that the lowest indices win every tie.
         warnings.warn(f"lam={config.lam} has no effect with saliency='none' (diversity only): "

@@ -243,7 +243,7 @@ def plan_prefill(
     selector: Callable,
     keep: Optional[int],
     keep_ratio: Optional[float],
-    lam: float,
+    lam_for: Callable[[int, int], float],
     seed: int,
     text_valid: Optional[torch.Tensor] = None,
     ordered: bool = False,
@@ -253,7 +253,8 @@ def plan_prefill(
     ``embeds`` (B, L, D) are the merged input embeddings, ``valid`` (B, L) the padding mask,
     ``placeholders`` (B, L) every media placeholder token, ``cls_rows`` returns the
     [CLS]-attention rows captured in the vision tower, flattened (``saliency="cls"`` only),
-    ``first_layer`` the decoder's first layer (``saliency="query"`` only), ``text_valid`` the
+    ``first_layer`` the decoder's first layer (``saliency="query"`` only), ``lam_for(k, n)`` the
+    λ of an image that keeps ``k`` of its ``n`` tokens, ``text_valid`` the
     tokens text saliency reads (default ``valid``). ``ordered``: the selector returns its
     picks in selection order (recorded as ``ImageRecord.order``) rather than sorted.
     ``plan.pruned`` is False when no image loses a token; the keep mask is then ``valid``.
@@ -276,7 +277,7 @@ def plan_prefill(
         features = _gather_features(embeds, members_units, members_cand)         # (G, n, D)
         scores = score(members_units, members_cand, features)
         start = time.perf_counter()
-        kept = selector(features, k, scores, lam=lam, seed=seed)
+        kept = selector(features, k, scores, lam=lam_for(k, n), seed=seed)
         kept = kept.cpu().numpy() if isinstance(kept, torch.Tensor) else np.asarray(kept)
         elapsed = time.perf_counter() - start
         select_seconds += elapsed

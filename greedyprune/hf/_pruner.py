@@ -71,7 +71,8 @@ class Pruner:
                 embeds, valid, units, placeholders, saliency=config.saliency, cls_rows=cls.rows,
                 first_layer=self._decoder.layers[0] if config.saliency == "query" else None,
                 selector=self._selector, keep=config.keep, keep_ratio=config.keep_ratio,
-                lam=config.lam, seed=config.seed, text_valid=self._text_valid(kwargs, call, valid),
+                lam_for=config.lam_for, seed=config.seed,
+                text_valid=self._text_valid(kwargs, call, valid),
                 ordered=self._ordered,
             )
         seconds = dict(plan.seconds)

@@ -39,7 +39,7 @@ for one of these models.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 from ._families import FAMILIES
 
@@ -59,7 +59,8 @@ def manifests():
 
 
 def wrap(model, processor, keep: Optional[int] = None, *, keep_ratio: Optional[float] = None,
-         lam: Optional[float] = None, saliency: str = "text", method: str = "greedyprune",
+         lam: Optional[Union[float, str]] = None, saliency: Optional[str] = None,
+         method: str = "greedyprune",
          seed: int = 0, force_simple: bool = False, **wrapper_args):
     """An lmms-eval model (``lmms`` instance) that evaluates ``model``, pruned.
 

@@ -30,11 +30,11 @@ class Pruning:
     loaded model. ``pruning`` is the :class:`~greedyprune.hf.PruneHandle`; ``pruning_counts``
     adds up what the pruned prefills did."""
 
-    def __init__(self, *, keep=None, keep_ratio=None, lam=None, saliency="text",
+    def __init__(self, *, keep=None, keep_ratio=None, lam=None, saliency=None,
                  method="greedyprune", seed=0, **wrapper_args):
-        config = PruneConfig(keep=keep, keep_ratio=keep_ratio, saliency=saliency,
-                             method=method, seed=seed,
-                             **({} if lam is None else {"lam": lam}))   # the values checked
+        given = {k: v for k, v in (("lam", lam), ("saliency", saliency)) if v is not None}
+        config = PruneConfig(keep=keep, keep_ratio=keep_ratio, method=method, seed=seed,
+                             **given)   # the values checked, the defaults where None
         defaults = inspect.signature(super().__init__).parameters
         check_settings(wrapper_args.get("pretrained", defaults["pretrained"].default), config)
         super().__init__(**_with_device_map(wrapper_args, defaults))

@@ -191,5 +191,6 @@ def prune(features: torch.Tensor, saliency: Optional[torch.Tensor],
         return features
     select = methods.get(config.method)
     where = {} if config.backend == "auto" else {"backend": config.backend}  # greedyprune only
-    kept = select(features, k, saliency, lam=config.lam, seed=config.seed, **where)
+    kept = select(features, k, saliency, lam=config.lam_for(k, features.shape[1]),
+                  seed=config.seed, **where)
     return torch.gather(features, 1, kept[:, :, None].expand(-1, -1, features.shape[2]))
