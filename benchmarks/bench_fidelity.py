@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import greedyprune  # noqa: E402
 import harness  # noqa: E402
-from greedyprune import builtin, methods, stats  # noqa: E402
+from greedyprune import builtin, methods, scenes, stats  # noqa: E402
 from greedyprune.evaluate import UNPRUNED, HFAnswerer, Setting, compare, sweep  # noqa: E402
 from greedyprune.hf import attach  # noqa: E402
 from greedyprune.reference import normalized_saliency  # noqa: E402
@@ -119,22 +119,21 @@ def saliency_profile(model, processor, task, questions, kind):
     return {k: statistics.fmean(v) if v else None for k, v in groups.items()}
 
 
-def scores(report, records, label, keep):
-    """Per-question accuracy of one configuration, in record order (the mean over seeds for a
-    seeded method)."""
-    by_record = {}
+def scores(report, records):
+    """Per-question accuracy of every configuration, in record order (the mean over seeds for a
+    seeded method), by (label, keep) as the report's rows name them."""
+    answers = {}
     for r in report.results:
-        if r.method == label and r.keep == keep:
-            by_record.setdefault(r.record, []).append(r.accuracy)
-    return np.array([statistics.fmean(by_record[record.id]) for record in records])
+        key = (r.method, "all" if r.keep is None else r.keep)
+        answers.setdefault(key, {}).setdefault(r.record, []).append(r.accuracy)
+    return {key: np.array([statistics.fmean(by_record[record.id]) for record in records])
+            for key, by_record in answers.items()}
 
 
 def judge(rows, per_question, budgets, default="greedyprune none"):
-    """Intervals, the best configuration per budget, and each one's paired p-value against it
-    and against ``default`` (the package's default configuration), with the sign of the
-    difference from the default."""
-    for row in rows:
-        row["ci"] = stats.wilson_interval(row["accuracy"], row["questions"])
+    """The best configuration per budget, and each one's paired p-value against it and against
+    ``default`` (the package's default configuration), with the sign of the difference from the
+    default."""
     for keep in budgets:
         at = [r for r in rows if r["keep"] == keep]
         best = max(at, key=lambda r: (r["accuracy"], -at.index(r)))
@@ -168,26 +167,23 @@ def run_task(name, args):
 
     by_label = {s.name: s for s in chosen}
     by_category = report.summary_by_category()
-    per_question, rows = {}, []
+    per_question, rows = scores(report, records), []
     for row in report.rows:
         keep = None if row["keep"] == "all" else row["keep"]
         entry = {k: row[k] for k in ("method", "keep", "accuracy", "agreement")}
-        entry["questions"] = len(records)
-        per_question[row["method"], row["keep"]] = scores(report, records, row["method"], keep)
+        entry["ci"] = stats.wilson_interval(row["accuracy"], len(records))
         setting = by_label.get(row["method"])
         key = None if setting is None else (setting.method, setting.lam, setting.saliency, keep)
         entry["objects_hit"] = statistics.fmean(probe.hits[key]) if key in probe.hits else None
         entry["by_category"] = {r["category"]: r["accuracy"] for r in by_category
                                 if r["method"] == row["method"] and r["keep"] == row["keep"]}
         rows.append(entry)
-    base, pruned = rows[0], rows[1:]
-    base["ci"] = stats.wilson_interval(base["accuracy"], len(records))
-    judge(pruned, per_question, BUDGETS)
+    judge(rows[1:], per_question, BUDGETS)
     training = json.loads((builtin.path(name) / "training.json").read_text())
     return {
         "task": name, "questions": len(records), "question_seeds": args.question_seeds,
         "per_seed": args.questions, "random_seeds": args.seeds, "budgets": list(BUDGETS),
-        "tokens": 144, "alpha": ALPHA, "settings": report.settings, "rows": rows,
+        "tokens": scenes.GRID ** 2, "alpha": ALPHA, "settings": report.settings, "rows": rows,
         "saliency_profile": profiles, "training_benchmark": training["benchmark"],
         "training": {k: training.get(k) for k in ("task", "steps", "batch", "questions",
                                                  "training_seconds", "threads", "device")},

@@ -44,6 +44,8 @@ AUTO_LAM: Dict[str, Tuple[Tuple[float, float], ...]] = {
 
 #: λ when none is given (README, "The defaults, and the evidence for them").
 DEFAULT_LAM: Union[float, Literal["auto"]] = 0.0
+#: Saliency when none is given.
+DEFAULT_SALIENCY: "Saliency" = "text"
 
 
 def auto_lam(saliency: str, kept: int, total: int) -> float:
@@ -51,8 +53,15 @@ def auto_lam(saliency: str, kept: int, total: int) -> float:
     saliency (:data:`AUTO_LAM`)."""
     fraction = kept / total
     return next((lam for largest, lam in AUTO_LAM.get(saliency, ()) if fraction <= largest), 0.0)
-#: Saliency when none is given.
-DEFAULT_SALIENCY: "Saliency" = "text"
+
+
+def check_lam_setting(lam: Any) -> Union[float, Literal["auto"]]:
+    """A ``lam`` setting: a number in [0, 1] (as a float) or ``"auto"``."""
+    if isinstance(lam, str):
+        if lam != "auto":
+            raise ValueError(f"lam must be a number in [0, 1] or 'auto', got {lam!r}")
+        return "auto"
+    return _validate.check_lam(lam)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +70,10 @@ class PruneConfig:
     (fraction per image, in (0, 1], rounded up); ``method`` (a name from
     :func:`greedyprune.methods.names`); ``lam`` in [0, 1] (weight of saliency against
     diversity), or ``"auto"``: by the saliency and the kept fraction of each image's tokens
-    (:data:`AUTO_LAM`); ``saliency`` ("text", "cls", "query" or "none"); ``seed`` (for selectors that
-    draw at random); ``backend`` (where method "greedyprune" runs: "auto", "c" or "torch",
-    see :func:`greedyprune.select`). Invalid values raise ``TypeError``/``ValueError`` naming
-    the field."""
+    (:data:`AUTO_LAM`); ``saliency`` ("text", "cls", "query" or "none"); ``seed`` (for
+    selectors that draw at random); ``backend`` (where method "greedyprune" runs: "auto", "c"
+    or "torch", see :func:`greedyprune.select`). Invalid values raise
+    ``TypeError``/``ValueError`` naming the field."""
 
     keep: Optional[int] = None
     keep_ratio: Optional[float] = None
@@ -78,11 +87,7 @@ class PruneConfig:
         keep, keep_ratio = check_budget(self.keep, self.keep_ratio)
         object.__setattr__(self, "keep", keep)
         object.__setattr__(self, "keep_ratio", keep_ratio)
-        if isinstance(self.lam, str):
-            if self.lam != "auto":
-                raise ValueError(f"lam must be a number in [0, 1] or 'auto', got {self.lam!r}")
-        else:
-            object.__setattr__(self, "lam", _validate.check_lam(self.lam))
+        object.__setattr__(self, "lam", check_lam_setting(self.lam))
         if not isinstance(self.saliency, str) or self.saliency not in SALIENCY:
             raise ValueError(f"saliency must be one of {', '.join(map(repr, SALIENCY))}, "
                              f"got {self.saliency!r}")

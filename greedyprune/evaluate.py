@@ -385,12 +385,13 @@ def sweep(methods: Sequence[Union[str, Setting]],
     ``"greedyprune none"``; the other methods that read saliency (``topk``, ``cdpruner``) run
     once per saliency (``"topk cls"``; ``topk`` skips none, which it cannot run with); those
     that ignore it (:func:`greedyprune.methods.uses_saliency`), and :class:`Setting` objects,
-    as they are. None leaves
-    an option to the answerer (one configuration, labelled with the method alone)."""
+    as they are. None leaves an option to the answerer (one configuration, labelled with the
+    method alone)."""
     from . import methods as registry
-    from .config import SALIENCY
+    from .config import SALIENCY, check_lam_setting
 
-    lams = None if lam is None else [_sweep_lam(v) for v in _as_list(lam, "lam", (int, float, str))]
+    lams: Optional[List[Any]] = None if lam is None else [
+        check_lam_setting(v) for v in _as_list(lam, "lam", (int, float, str))]
     kinds = None if saliency is None else _as_list(saliency, "saliency", (str,))
     for kind in kinds or []:
         if kind not in SALIENCY:
@@ -409,9 +410,9 @@ def sweep(methods: Sequence[Union[str, Setting]],
                     chosen.append(Setting(name, 0.0, "none", "greedyprune none"))
                     continue
                 for value in (lams or [None]):
-                    label = " ".join(part for part in (
-                        name, None if value is None else f"λ={value:g}" if value != "auto"
-                        else "λ=auto", kind) if part)
+                    shown = None if value is None else f"λ={value}" if value == "auto" else \
+                        f"λ={value:g}"
+                    label = " ".join(part for part in (name, shown, kind) if part)
                     chosen.append(Setting(name, value, kind, label))
         elif registry.uses_saliency(name) and kinds is not None:
             if kinds == ["none"] and registry.needs_saliency(name):
@@ -422,16 +423,6 @@ def sweep(methods: Sequence[Union[str, Setting]],
         else:
             chosen.append(Setting(name))
     return chosen
-
-
-def _sweep_lam(value):
-    from ._validate import check_lam
-
-    if isinstance(value, str):
-        if value != "auto":
-            raise ValueError(f"lam must hold numbers in [0, 1] or 'auto', got {value!r}")
-        return value
-    return check_lam(value)
 
 
 def _as_list(value, name: str, types: tuple) -> list:

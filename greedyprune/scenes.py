@@ -141,7 +141,8 @@ def render(scene: Scene) -> np.ndarray:
     return draw(_texture(rng), scene.things, _MASKS, rng)
 
 
-def draw(image: np.ndarray, things: Sequence[Thing], masks, rng: np.random.Generator) -> np.ndarray:
+def draw(image: np.ndarray, things: Sequence[Thing], masks,
+         rng: np.random.Generator) -> np.ndarray:
     """Paint the objects on a background (``masks[shape, size]``: each one's pixel mask, inset
     by a margin in its cells), each colour jittered from ``rng``; as uint8."""
     for thing in things:

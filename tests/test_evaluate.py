@@ -370,7 +370,7 @@ def test_compare_sweeps_lam_and_saliency_and_labels_each_configuration():
 @pytest.mark.parametrize("kwargs, error, words", [
     (dict(lam=[0.5, 1.5]), ValueError, r"lam must be in \[0, 1\], got 1.5"),
     (dict(lam=[]), TypeError, "lam must be one value or a non-empty list of them"),
-    (dict(lam=["0.5"]), ValueError, r"lam must hold numbers in \[0, 1\] or 'auto', got '0.5'"),
+    (dict(lam=["0.5"]), ValueError, r"lam must be a number in \[0, 1\] or 'auto', got '0.5'"),
     (dict(lam=[None]), TypeError, "lam must be one value or a non-empty list of them"),
     (dict(lam=[0.5, 0.5]), ValueError, "lam holds 0.5 more than once"),
     (dict(saliency=["cls", "attention"]), ValueError,
